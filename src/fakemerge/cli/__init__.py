@@ -1,0 +1,58 @@
+"""`fakemerge` command line: thin — parses, calls the library, prints with rich.
+
+Exit codes: 0 ok, 1 some inputs failed (each reported), 2 usage/config error. Errors are one line;
+`--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from fakemerge.errors import FakemergeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Composable deepfake detection: specialists, training-free merging, evaluation, detection.")
+console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+def _register() -> None:
+    from fakemerge.cli import demo, detect, evaluate, faces, importer, lab, merge, serve, train
+
+    for module in (lab, faces, train, merge, importer, evaluate, detect, serve, demo):
+        module.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except FakemergeError as e:
+        if _state["debug"]:
+            raise
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        console.print("[red]aborted[/red]")
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if _state["debug"]:
+            raise
+        console.print(f"[red]error:[/red] {type(e).__name__}: {e} (run with --debug for the traceback)",
+                      highlight=False)
+        sys.exit(2)

@@ -1,0 +1,118 @@
+"""Detector = CLIP vision tower + linear head on the pooled output; one `.safetensors` file per model.
+
+File layout: backbone tensors under `vision_model.*` (Hugging Face hub spelling), the head under
+`head.weight` / `head.bias`; the header metadata holds a `ModelMeta` (one JSON string per field).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+import fakemerge
+from fakemerge.errors import InputError
+from fakemerge.io import save_tensors
+from fakemerge.models.backbone import (
+    PREFIX,
+    backbone_state,
+    config_from_dict,
+    config_to_dict,
+    load_backbone_state,
+)
+
+FORMAT = "fakemerge.detector/1"
+
+
+@dataclass
+class ModelMeta:
+    """What a model file says about itself; enough to rebuild, audit and re-merge it."""
+
+    kind: str = "specialist"  # base | specialist | joint | merged
+    method: str | None = None  # training method (full, linear, effort, fmsd) or merge method
+    families: list[str] = field(default_factory=list)
+    base_id: str | None = None
+    base_hash: str | None = None
+    backbone_config: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)  # training settings or merge recipe
+    extra: dict = field(default_factory=dict)  # e.g. layer-mask scores, validation metrics
+    version: str = fakemerge.__version__
+
+    def to_header(self) -> dict[str, str]:
+        return {"format": FORMAT, **{k: json.dumps(v) for k, v in asdict(self).items()}}
+
+    @classmethod
+    def from_header(cls, header: dict[str, str], source: str) -> ModelMeta:
+        if header.get("format") != FORMAT:
+            raise InputError(f"{source}: not a fakemerge model file (no '{FORMAT}' metadata)")
+        names = cls.__dataclass_fields__
+        return cls(**{k: json.loads(v) for k, v in header.items() if k in names})
+
+
+class Detector(nn.Module):
+    """P(fake) = softmax(head(pooler_output))[:, 1]."""
+
+    def __init__(self, backbone: CLIPVisionModel):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.config.hidden_size, 2)
+
+    @property
+    def config(self) -> CLIPVisionConfig:
+        return self.backbone.config
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.backbone(pixel_values=pixel_values).pooler_output
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(pixel_values))
+
+    @torch.no_grad()
+    def predict_proba(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self(pixel_values).softmax(-1)[:, 1]
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Backbone (canonical names) + head, as stored in a model file."""
+        return {**backbone_state(self.backbone), "head.weight": self.head.weight, "head.bias": self.head.bias}
+
+
+def save_detector(detector: Detector, path: str | os.PathLike, meta: ModelMeta) -> None:
+    meta.backbone_config = config_to_dict(detector.config)
+    save_tensors(detector.state_tensors(), path, meta.to_header())
+
+
+def read_meta(path: str | os.PathLike) -> ModelMeta:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: model file not found")
+    try:
+        with safe_open(str(path), "pt") as f:
+            header = f.metadata() or {}
+    except Exception as e:  # safetensors raises several types for a corrupt header
+        raise InputError(f"{path}: not a readable safetensors file ({e})") from None
+    return ModelMeta.from_header(header, str(path))
+
+
+def detector_from_tensors(tensors: dict[str, torch.Tensor], meta: ModelMeta) -> Detector:
+    backbone = CLIPVisionModel(config_from_dict(meta.backbone_config))
+    detector = Detector(backbone)
+    load_backbone_state(backbone, {k: v for k, v in tensors.items() if k.startswith(PREFIX)})
+    detector.head.load_state_dict({"weight": tensors["head.weight"], "bias": tensors["head.bias"]})
+    return detector.float().eval()
+
+
+def load_detector(path: str | os.PathLike) -> tuple[Detector, ModelMeta]:
+    """The one way to load a fakemerge model file (safetensors only; no pickles)."""
+    from safetensors.torch import load_file
+
+    meta = read_meta(path)
+    tensors = load_file(str(path))
+    if "head.weight" not in tensors:
+        raise InputError(f"{path}: model file has no head tensors")
+    return detector_from_tensors(tensors, meta), meta
