@@ -1,7 +1,96 @@
-"""`fakemerge evaluate` (not implemented yet)."""
+"""`fakemerge eval MODEL... --data DATA --out DIR`: metrics per family, reports, ROC and heatmap PNGs."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from fakemerge.errors import InputError
+
+out_console = Console()
+
+
+def split_list(values: list[str] | None) -> list[str] | None:
+    """`--families FS,FR` and `--families FS --families FR` both give ["FS", "FR"]."""
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+@contextlib.contextmanager
+def progress_bar(description: str):
+    """A rich progress bar on stderr, yielding a (done, total) callback."""
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True), transient=True)
+    with bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def report_table(report: dict) -> Table:
+    from fakemerge.evaluation.report import FRAME_COLUMNS, fmt
+
+    table = Table(title=f"{report['model']} — {report['split']} (video: {report['video_agg']})")
+    table.add_column("family")
+    for _, title in FRAME_COLUMNS:
+        table.add_column(title, justify="right")
+    table.add_column("reals/fakes", justify="right")
+    for fam, m in [*report["families"].items(), ("overall", report["overall"])]:
+        table.add_row(fam, *(fmt(m.get(k), 3) for k, _ in FRAME_COLUMNS), f"{m['n_real']}/{m['n_fake']}",
+                      style="bold" if fam == "overall" else None)
+    return table
+
+
+def eval_command(
+    models: list[Path] = typer.Argument(..., help="One or more fakemerge model files (.safetensors)."),
+    data: str = typer.Option(..., "--data", help="DeepfakeBench JSON, folder tree or CSV manifest."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory for reports and plots."),
+    split: str = typer.Option("test", help="Split to evaluate."),
+    families: list[str] = typer.Option(None, "--families", help="Fake families to include (comma list)."),
+    seen: list[str] = typer.Option(None, "--seen", help="Families counted as seen (default: those the "
+                                   "models were trained on)."),
+    video_agg: str = typer.Option("mean", "--video-agg", help="Frame→video aggregation: mean | max | topk."),
+    topk: int = typer.Option(3, "--topk", help="k for --video-agg topk."),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    root: Path = typer.Option(None, "--root", help="Data root (default: the JSON's directory)."),
+) -> None:
+    """Evaluate model(s): frame AUC/AP/EER/ACC and video AUC per family; report.json, report.md, roc.png."""
+    from fakemerge.evaluation.plots import auc_heatmap
+    from fakemerge.evaluation.report import clean, results_markdown
+    from fakemerge.evaluation.runner import evaluate, family_rows
+    from fakemerge.io import write_json, write_text
+    from fakemerge.models.detector import read_meta
+
+    metas = [read_meta(m) for m in models]
+    names = [m.stem for m in models]
+    if len(set(names)) != len(names):
+        raise InputError(f"{', '.join(map(str, models))}: model file names must differ "
+                         "(they name the outputs)")
+    seen_families = split_list(seen) or sorted({f for meta in metas for f in meta.families})
+    rows = []
+    for path, meta, name in zip(models, metas, names, strict=True):
+        model_out = out if len(models) == 1 else out / name
+        with progress_bar(f"eval {name}") as progress:
+            report = evaluate(path, data, split=split, out_dir=model_out, families=split_list(families),
+                              video_agg=video_agg, k=topk, batch_size=batch_size, root=root,
+                              progress=progress)
+        out_console.print(report_table(report))
+        if report["skipped"]:
+            out_console.print(f"[yellow]skipped {len(report['skipped'])} unreadable image(s)[/yellow]: "
+                              f"{report['skipped'][0]}", highlight=False)
+        rows += family_rows(report, name, meta.kind, meta.method, meta.families, seen_families)
+    write_json(out / "results.json", clean(rows))
+    if len(models) > 1:
+        write_text(out / "results.md", results_markdown(rows))
+        auc_heatmap(rows, out / "heatmap.png")
+        out_console.print(results_markdown(rows), highlight=False)
+    out_console.print(f"wrote reports to {out}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's command(s) to the root app."""
+    app.command("eval")(eval_command)

@@ -1,0 +1,130 @@
+"""Evaluation runner, reports, plots and `fakemerge eval` on the tiny dataset."""
+
+import csv
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from transformers import CLIPVisionModel
+
+from fakemerge.cli import main
+from fakemerge.data.formats import load_records
+from fakemerge.data.records import select
+from fakemerge.data.transforms import batch_inputs
+from fakemerge.evaluation import metrics
+from fakemerge.evaluation.plots import auc_heatmap
+from fakemerge.evaluation.report import results_markdown
+from fakemerge.evaluation.runner import evaluate, family_rows, predict, read_predictions
+from fakemerge.models.backbone import tiny_config
+from fakemerge.models.detector import Detector, ModelMeta, save_detector
+
+TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64)
+
+
+def tiny_detector(seed=0) -> Detector:
+    torch.manual_seed(seed)
+    det = Detector(CLIPVisionModel(tiny_config(**TINY))).eval()
+    with torch.no_grad():  # a large head so scores spread over (0, 1) instead of all ~0.5
+        det.head.weight.mul_(20)
+    return det
+
+
+def test_predict_streams_scores_equal_to_direct_forward(tiny_data, tmp_path):
+    det = tiny_detector()
+    root, records = load_records(tiny_data)
+    test = select(records, "test")
+    seen = []
+    path = predict(det, root, test, batch_size=7, csv_path=tmp_path / "p.csv",
+                   progress=lambda done, total: seen.append((done, total)))
+    pred = read_predictions(path)
+    assert len(pred["score"]) == len(test) and seen[-1] == (len(test), len(test))
+    import cv2
+
+    images = [cv2.cvtColor(cv2.imread(str(root / r.path)), cv2.COLOR_BGR2RGB) for r in test]
+    direct = det.predict_proba(batch_inputs(images, 32)).numpy()
+    assert pred["path"].tolist() == [r.path for r in test]
+    assert pred["video"].tolist() == [r.video for r in test]
+    np.testing.assert_allclose(pred["score"], direct, rtol=1e-4, atol=1e-6)
+
+
+def test_evaluate_report_matches_sklearn_per_family(tiny_data, tmp_path):
+    report = evaluate(tiny_detector(), tiny_data, out_dir=tmp_path, video_agg="max", name="m")
+    pred = read_predictions(tmp_path / "predictions.csv")
+    y, s, fam = pred["label"], pred["score"], pred["family"]
+    assert report["overall"]["auc"] == pytest.approx(roc_auc_score(y, s))
+    assert set(report["families"]) == {"FS", "FR"}
+    for f, m in report["families"].items():
+        rows = (y == 0) | (fam == f)  # each fake family vs ALL reals of the split
+        assert m["auc"] == pytest.approx(roc_auc_score(y[rows], s[rows]))
+        assert m["n_real"] == int((y == 0).sum()) and m["n_fake"] == int((fam == f).sum())
+        _, vy, vs = metrics.video_scores(pred["video"][rows], y[rows], s[rows], how="max")
+        assert m["video_auc"] == pytest.approx(roc_auc_score(vy, vs))
+        assert m["n_videos"] == len(set(pred["video"][rows].tolist()))
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["overall"]["auc"] == pytest.approx(report["overall"]["auc"])
+    assert "| FS |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unreadable_and_missing_images_are_reported_not_dropped(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data.parent, data)
+    root, records = load_records(data / tiny_data.name)
+    test = select(records, "test")
+    (root / test[0].path).write_bytes(b"not a png")
+    (root / test[1].path).unlink()
+    report = evaluate(tiny_detector(), data / tiny_data.name, out_dir=tmp_path / "out")
+    assert report["n_scored"] == len(test) - 2
+    assert len(report["skipped"]) == 2
+    assert any(test[0].path in line for line in report["skipped"])
+    assert any(test[1].path in line for line in report["skipped"])
+    with open(tmp_path / "out" / "predictions.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(test) - 2
+
+
+def test_family_filter_and_rows_schema(tiny_data, tmp_path):
+    report = evaluate(tiny_detector(), tiny_data, out_dir=tmp_path, families=["FR"])
+    assert list(report["families"]) == ["FR"]
+    rows = family_rows(report, "spec", "specialist", "full", ["FR"], ["FS", "FR"])
+    fr = report["families"]["FR"]
+    assert rows == [{"model": "spec", "kind": "specialist", "method": "full", "trained_on": ["FR"],
+                     "family": "FR", "seen": True, "auc": fr["auc"], "ap": fr["ap"], "eer": fr["eer"],
+                     "acc": fr["acc"], "video_auc": fr["video_auc"]}]
+
+
+def test_results_table_and_heatmap(tmp_path):
+    rows = [{"model": m, "family": f, "seen": f != "U", "auc": a}
+            for m, f, a in [("a", "FS", 0.9), ("a", "U", 0.5), ("b", "FS", 0.7), ("b", "U", math.nan)]]
+    md = results_markdown(rows)
+    assert "| a | 0.900 | 0.500 | 0.900 | 0.500 | 0.700 |" in md
+    assert "| b | 0.700 | n/a | 0.700 | n/a | 0.700 |" in md
+    auc_heatmap(rows, tmp_path / "h.png")
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cli_eval_two_models(tiny_data, tmp_path, capsys):
+    paths = []
+    for i, fam in enumerate(("FS", "FR")):
+        paths.append(tmp_path / f"spec_{fam}.safetensors")
+        meta = ModelMeta(kind="specialist", method="full", families=[fam])
+        save_detector(tiny_detector(i), paths[-1], meta)
+    main(["eval", *map(str, paths), "--data", str(tiny_data), "--out", str(tmp_path / "out")])
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    pairs = {(m, f) for m in ("spec_FS", "spec_FR") for f in ("FS", "FR")}
+    assert {(r["model"], r["family"]) for r in rows} == pairs
+    assert all(r["seen"] for r in rows)
+    for name in ("spec_FS", "spec_FR"):
+        assert (tmp_path / "out" / name / "report.json").exists()
+    assert (tmp_path / "out" / "heatmap.png").exists() and (tmp_path / "out" / "results.md").exists()
+
+
+def test_cli_eval_bad_input_exits_2(tiny_data, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(tmp_path / "nope.safetensors"), "--data", str(tiny_data), "--out", str(tmp_path)])
+    assert e.value.code == 2
