@@ -82,6 +82,7 @@ class _Timer:
 def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, cache: str | Path | None = None,
              log: Log = lambda s: None, progress=None) -> DemoResult:
     from fakemerge.evaluation.plots import auc_heatmap
+    from fakemerge.evaluation.report import results_markdown
     from fakemerge.evaluation.runner import evaluate, family_rows
     from fakemerge.lab.families import SEEN_FAMILIES
     from fakemerge.lab.generate import generate
@@ -126,7 +127,7 @@ def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, cache: str
     write_json(out / "results_val.json", val_rows)
     write_json(out / "timings.json", {"scale": scale, "seed": seed, "base": base_report, **timer.timings})
     auc_heatmap(rows, out / "auc_heatmap.png")
-    write_text(out / "results.md", results_table(rows))
+    write_text(out / "results.md", results_markdown(rows))
     return DemoResult(rows=rows, timings=timer.timings, detections=detections,
                       paths={"results": str(out / "results.json"), "heatmap": str(out / "auc_heatmap.png"),
                              "table": str(out / "results.md")})
@@ -187,17 +188,3 @@ def pivot_auc(rows: list[dict]) -> tuple[list[str], dict[str, bool], dict[str, d
     for r in rows:
         by_model.setdefault(r["model"], {"kind": r["kind"]})[r["family"]] = r["auc"]
     return families, seen, by_model
-
-
-def results_table(rows: list[dict]) -> str:
-    """Markdown: one line per model, AUC per family, mean over seen and unseen families."""
-    families, seen, by_model = pivot_auc(rows)
-    head = ["model", "kind", *(f if seen[f] else f + "*" for f in families), "mean seen", "mean unseen*"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for model, d in by_model.items():
-        s = [d[f] for f in families if seen[f] and f in d]
-        u = [d[f] for f in families if not seen[f] and f in d]
-        cells = [model, d["kind"], *(f"{d[f]:.3f}" if f in d else "" for f in families),
-                 f"{sum(s) / len(s):.3f}" if s else "", f"{sum(u) / len(u):.3f}" if u else ""]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"

@@ -1,7 +1,120 @@
-"""`fakemerge merge` (not implemented yet)."""
+"""`fakemerge merge`: specialists (or a recipe, or a merged file + new specialists) → one merged detector.
+
+    fakemerge merge --method r2m --base BASE FS.safetensors FR.safetensors -o merged.safetensors \
+        --set alpha=0.6
+    fakemerge merge recipe.yaml [-o OUT]
+    fakemerge merge --add EFS.safetensors --from merged.safetensors -o merged2.safetensors
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fakemerge.errors import InputError
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def stage_progress():
+    """A rich bar on stderr; yields the engine's (stage, done, total) callback."""
+    bar = Progress(TextColumn("{task.description:>6}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=err_console, transient=True)
+    with bar:
+        task = bar.add_task("", total=None)
+        yield lambda stage, done, total: bar.update(task, description=stage, completed=done, total=total)
+
+
+def build_recipe(inputs: list[str], method: str | None, base: str | None, add: list[str],
+                 from_: Path | None, params: dict, head: str | None, out: Path | None):
+    """One Recipe from whichever form the command line used."""
+    from fakemerge.merging.recipe import Recipe, load_recipe, recipe_from_merged
+
+    new = [*add, *inputs]
+    if from_ is not None:
+        if not new:
+            raise InputError(f"--from {from_}: name the new specialist(s) with --add NEW")
+        recipe = recipe_from_merged(from_)
+    elif len(inputs) == 1 and Path(inputs[0]).suffix in (".yaml", ".yml"):
+        recipe, new = load_recipe(inputs[0]), list(add)
+    else:
+        if not (method and base and new):
+            raise InputError("merge: give --method, --base and specialist files, a recipe .yaml, "
+                             "or --add NEW --from MERGED")
+        recipe = Recipe(method=method, base=base, models=[])
+    if method and method != recipe.method:
+        recipe.method, recipe.parameters = method, {}  # stored parameters belong to the old method
+    if base and from_ is None:
+        recipe.base = base
+    known = {Path(m).resolve() for m in recipe.models}
+    for path in new:
+        if Path(path).resolve() in known:
+            raise InputError(f"{path}: already part of this merge")
+        known.add(Path(path).resolve())
+    recipe.models += new
+    recipe.hashes = (recipe.hashes or [None] * (len(recipe.models) - len(new))) + [None] * len(new)
+    recipe.parameters = {**recipe.parameters, **params}
+    recipe.head = head or recipe.head
+    recipe.out = str(out) if out else recipe.out
+    if not recipe.out:
+        raise InputError("merge: no output file (give -o OUT.safetensors or 'out:' in the recipe)")
+    return recipe
+
+
+def merge_command(
+    inputs: list[str] = typer.Argument(None, help="Specialist .safetensors files, or one recipe .yaml."),
+    method: str = typer.Option(None, "--method", "-m", help="average | task_arithmetic | ties | dare | tsv | "
+                               "iso_c | iso_cts | cart | r2m"),
+    base: str = typer.Option(None, "--base", help="Base model: fakemerge file, HF directory or HF id."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output .safetensors file."),
+    set_: list[str] = typer.Option(None, "--set", help="Method parameter key=value (repeatable)."),
+    head: str = typer.Option(None, "--head", help="Head merge: average (default) | norm_matched."),
+    report: Path = typer.Option(None, "--report", help="Write report.json and plots into this directory."),
+    add: list[str] = typer.Option(None, "--add", help="New specialist(s) to add (with --from or a recipe)."),
+    from_: Path = typer.Option(None, "--from", help="Merged file whose stored recipe is rebuilt with --add."),
+    force: bool = typer.Option(False, "--force", help="Merge despite a base-hash or recipe-hash mismatch."),
+) -> None:
+    """Merge specialists fine-tuned from one base into one detector (streamed: low memory)."""
+    from fakemerge.merging.engine import merge_files
+    from fakemerge.merging.recipe import parse_set
+
+    params = parse_set(list(set_ or []))
+    recipe = build_recipe(list(inputs or []), method, base, list(add or []), from_, params, head, out)
+    start = time.perf_counter()
+    with stage_progress() as progress:
+        result = merge_files(recipe.method, recipe.base, recipe.models, recipe.out, params=recipe.parameters,
+                             head=recipe.head, report_dir=report, force=force, expected_hashes=recipe.hashes,
+                             progress=progress)
+    seconds = time.perf_counter() - start
+    meta = result.meta
+    shown = ", ".join(f"{k}={v}" for k, v in meta.recipe["parameters"].items()) or "none"
+    out_console.print(f"[green]merged[/green] {len(recipe.models)} specialists with {meta.method} ({shown}) "
+                      f"→ {result.out} in {seconds:.1f} s; families: {', '.join(meta.families) or '-'}",
+                      highlight=False)
+    table = Table(title="task vectors")
+    names = [Path(m).stem for m in recipe.models]
+    table.add_column("specialist")
+    table.add_column("‖τ‖", justify="right")
+    for n in names:
+        table.add_column(f"cos {n}", justify="right")
+    for n, norm, row in zip(names, result.norms, result.cosine, strict=True):
+        table.add_row(n, f"{norm:.4g}", *(f"{c:.3f}" for c in row))
+    out_console.print(table)
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    if report is not None:
+        plots = len(result.report_files) - 1
+        out_console.print(f"report: {report}/report.json (+ {plots} plots)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's command(s) to the root app."""
+    app.command("merge")(merge_command)
