@@ -15,7 +15,7 @@ from fakemerge.errors import FakemergeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Composable deepfake detection: specialists, training-free merging, evaluation, detection.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
 
 

@@ -16,7 +16,8 @@ class Record:
     split: str  # train | val | test
 
 
-def select(records: list[Record], split: str | None = None, families: list[str] | None = None) -> list[Record]:
+def select(records: list[Record], split: str | None = None,
+           families: list[str] | None = None) -> list[Record]:
     """Records of one split; with `families`, the reals plus the fakes of those families."""
     out = [r for r in records if split is None or r.split == split]
     if families is not None:

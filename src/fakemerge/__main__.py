@@ -1,0 +1,5 @@
+"""`python -m fakemerge`: the command line."""
+
+from fakemerge.cli import main
+
+main()

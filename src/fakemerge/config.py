@@ -1,0 +1,131 @@
+"""Settings as pydantic models, read from and written to YAML (a recipe is a file you can rerun).
+
+Training defaults suit the tiny ForgeryLab ViT on CPU: AdamW, cosine decay to 0, 4 epochs of batch 64,
+no weight decay (decay pulls weights towards zero, not towards the base, and so inflates task vectors),
+lr by method when not given (full 3e-4, linear 1e-3, others as their method registers).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from fakemerge.errors import InputError
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base: str
+    data: str
+    families: list[str]
+    out: str
+    method: str = "full"
+    method_options: dict[str, Any] = {}
+    root: str | None = None  # data root override (default: the dataset file's folder)
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float | None = None  # None: the method's default
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    seed: int = 0
+    num_workers: int = 2
+    flip: bool = False  # horizontal-flip augmentation (off: ForgeryLab families may be asymmetric)
+    max_steps_per_epoch: int | None = None
+    val_split: str | None = "val"  # None: no validation, the last epoch is kept
+    select_metric: Literal["auc", "acc", "loss"] = "auc"
+    resume: bool = False
+    keep_checkpoint: bool = False  # keep OUT.ckpt/ after success (it is needed only to resume)
+
+    @field_validator("families", mode="before")
+    @classmethod
+    def _split_families(cls, v):
+        if isinstance(v, str):
+            v = [f.strip() for f in v.split(",") if f.strip()]
+        if not v:
+            raise ValueError("at least one family is needed")
+        return v
+
+    @field_validator("epochs", "batch_size")
+    @classmethod
+    def _positive(cls, v):
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    def recipe(self) -> dict:
+        """The settings that define the result (what a resumed run must share with the original)."""
+        return self.model_dump(exclude={"resume", "keep_checkpoint", "num_workers"})
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
+        return build(cls, read_yaml(path), overrides, str(path))
+
+    def to_yaml(self, path: str | os.PathLike | None = None) -> str:
+        from fakemerge.io import write_text
+
+        text = yaml.safe_dump(self.model_dump(), sort_keys=False)
+        if path is not None:
+            write_text(path, text)
+        return text
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        obj = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise InputError(f"{path}: cannot read config ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: config must be a mapping of settings")
+    return obj
+
+
+def parse_assignments(pairs: list[str], source: str) -> dict[str, Any]:
+    """['a=1', 'b.c=x'] -> {'a': 1, 'b': {'c': 'x'}}; values parsed as YAML scalars (1, 0.5, true, [a,b])."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"{source} {pair!r}: expected key=value")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            parsed = value
+        parsed = _number_or_text(parsed) if isinstance(parsed, str) else parsed
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = parsed
+    return out
+
+
+def _number_or_text(text: str) -> float | str:
+    """YAML 1.1 reads '1e-3' as text; a user writing it means the number."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def build(model: type[BaseModel], *layers: dict | str):
+    """Validate the merge of setting layers (later wins; dicts merge one level deep); the trailing string
+    names the source in errors."""
+    *dicts, source = layers
+    merged: dict[str, Any] = {}
+    for d in dicts:
+        for k, v in d.items():
+            merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    try:
+        return model(**merged)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "config"
+        raise InputError(f"{source}: {where}: {err['msg']}") from None

@@ -1,0 +1,108 @@
+"""Records -> model inputs, tolerating bad files: a missing or unreadable image is skipped and counted.
+
+Missing files are dropped up front (cheap `stat`), so `len(dataset)` counts only images that exist.
+An image that exists but cannot be decoded is found lazily: `__getitem__` then yields a zero tensor with
+label -1 (works in DataLoader worker processes too); `drop_skipped(batch)` removes such rows and
+`dataset.note_skipped(indices)` records one line per file in `dataset.skipped` (the caller reports them).
+
+Augmentation: horizontal flip only, off by default — ForgeryLab's forgery families may be left/right
+asymmetric, and real face crops are aligned. The flip of an item is a pure function of (seed, epoch, index),
+so an epoch is the same on any number of workers or processes and after a resume.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from fakemerge.data.records import Record
+from fakemerge.data.transforms import to_input
+
+SKIPPED_LABEL = -1
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray | None:
+    """HxWx3 uint8 RGB, or None if the file cannot be decoded."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class ImageDataset(Dataset):
+    """Yields (pixels 3xSxS float32, label, index into `self.records`)."""
+
+    def __init__(self, root: str | os.PathLike, records: list[Record], size: int, flip: bool = False,
+                 seed: int = 0):
+        self.root = Path(root)
+        self.size = size
+        self.flip = flip
+        self.seed = seed
+        self.epoch = 0
+        self.skipped: list[str] = []
+        self.records = []
+        for r in records:
+            if (self.root / r.path).is_file():
+                self.records.append(r)
+            else:
+                self.skipped.append(f"{self.root / r.path}: image file not found (skipped)")
+        self._noted: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        record = self.records[index]
+        image = read_rgb(self.root / record.path)
+        if image is None:
+            return torch.zeros(3, self.size, self.size), SKIPPED_LABEL, index
+        if self.flip and _coin(self.seed, self.epoch, index):
+            image = image[:, ::-1]
+        return torch.from_numpy(to_input(image, self.size)), record.label, index
+
+    def note_skipped(self, indices) -> list[str]:
+        """Record (once each) the unreadable images at these indices; returns the new messages."""
+        new = []
+        for i in (int(i) for i in indices):
+            if i not in self._noted:
+                self._noted.add(i)
+                new.append(f"{self.root / self.records[i].path}: unreadable image (skipped)")
+        self.skipped.extend(new)
+        return new
+
+
+def _coin(seed: int, epoch: int, index: int) -> bool:
+    return bool(np.random.default_rng((seed, epoch, index)).integers(2))
+
+
+def drop_skipped(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]):
+    """Split a batch into its good rows and the indices of unreadable images."""
+    pixels, labels, indices = batch
+    good = labels != SKIPPED_LABEL
+    return pixels[good], labels[good], indices[good], indices[~good]
+
+
+class EpochShuffle(Sampler[int]):
+    """A seeded permutation per epoch (`set_epoch`), identical in every process: deterministic order
+    that `accelerate` can shard and that a resumed run reproduces."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())

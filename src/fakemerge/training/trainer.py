@@ -1,0 +1,275 @@
+"""Train one detector (a specialist, or a joint model when several families are given) with `accelerate`.
+
+The same code runs on one CPU, one GPU, or under `accelerate launch` on many (DDP: the training loader is
+sharded, validation predictions are gathered). Reproducible: every random choice is a function of the seed
+and the epoch (head init, shuffling, flips), so a run resumed from OUT.ckpt/ matches an uninterrupted one
+bit for bit. The best epoch by validation metric is kept; the test split is never read. Only the main
+process writes: the per-epoch log OUT.log.jsonl, the checkpoint, and — once, at the end — the model file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from sklearn.metrics import roc_auc_score
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from fakemerge.config import TrainConfig
+from fakemerge.data.dataset import EpochShuffle, ImageDataset, drop_skipped
+from fakemerge.data.formats import load_records
+from fakemerge.data.records import Record, select
+from fakemerge.errors import InputError
+from fakemerge.io import write_text
+from fakemerge.models.backbone import backbone_hash, load_base
+from fakemerge.models.detector import Detector, ModelMeta, save_detector
+from fakemerge.training import checkpoint, methods
+
+Progress = Callable[..., None]  # progress(event, **info); events: start, step, epoch, skipped, note
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    selected_epoch: int | None
+    val: dict
+    history: list[dict]
+    skipped: list[str] = field(default_factory=list)
+    trainable_params: int = 0
+    total_params: int = 0
+    is_main_process: bool = True
+
+
+def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    accelerator = Accelerator()
+    main = accelerator.is_main_process
+    emit = progress if (progress is not None and main) else (lambda event, **info: None)
+    method = methods.get(config.method)
+    out = Path(config.out)
+    ckpt = checkpoint.checkpoint_dir(out)
+
+    root, records = load_records(config.data, config.root)
+    train_records, val_records = _splits(records, config, str(config.data))
+    base, base_id = load_base(config.base)
+    base_hash = backbone_hash(base)
+    size = base.config.image_size
+    torch.manual_seed(config.seed)
+    detector = Detector(base)
+
+    train_set = ImageDataset(root, train_records, size, flip=config.flip, seed=config.seed)
+    val_set = ImageDataset(root, val_records, size)
+    for message in train_set.skipped + val_set.skipped:
+        emit("skipped", message=message)
+    sampler = EpochShuffle(len(train_set), config.seed)
+    loader_args = dict(batch_size=config.batch_size, num_workers=config.num_workers)
+    train_loader = DataLoader(train_set, sampler=sampler, drop_last=len(train_set) > config.batch_size,
+                              **loader_args)
+    val_loader = DataLoader(val_set, **loader_args)
+
+    torch.manual_seed(config.seed)
+    prepared = method.fn(detector, dict(config.method_options), _probe_batches(train_set, config))
+    methods.freeze_all_but(detector, prepared.params)
+    trainable_names = [n for n, p in detector.named_parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in prepared.params)
+    n_total = sum(p.numel() for p in detector.parameters())
+
+    optimizer = torch.optim.AdamW(prepared.params, lr=config.lr or method.default_lr,
+                                  weight_decay=config.weight_decay)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(detector, optimizer, train_loader,
+                                                                     val_loader)
+    steps = len(train_loader) if config.max_steps_per_epoch is None else min(len(train_loader),
+                                                                              config.max_steps_per_epoch)
+    scheduler = _scheduler(optimizer, config.schedule, steps * config.epochs)
+
+    history: list[dict] = []
+    best = {"epoch": None, "val": {}, "tensors": _trainable_state(detector, trainable_names)}
+    start = 0
+    saved = checkpoint.load(ckpt) if config.resume else None
+    if saved is not None:
+        if saved.state.get("recipe") != _jsonable(config.recipe()):
+            raise InputError(f"{ckpt}: checkpoint was made with different settings; "
+                             "rerun without --resume to start over")
+        _load_trainable(detector, saved.trainable)
+        optimizer.load_state_dict(saved.optim["optimizer"])
+        scheduler.load_state_dict(saved.optim["scheduler"])
+        history = saved.state["history"]
+        best = {"epoch": saved.state["best_epoch"], "val": saved.state["best_val"], "tensors": saved.best}
+        start = saved.epochs_done
+        emit("note", message=f"resumed from {ckpt} after epoch {start}")
+    elif config.resume:
+        emit("note", message=f"no checkpoint at {ckpt}; starting from scratch")
+
+    emit("start", epochs=config.epochs, start_epoch=start, steps_per_epoch=steps, n_train=len(train_set),
+         n_val=len(val_set), trainable_params=n_trainable, total_params=n_total, method=config.method)
+    for epoch in range(start, config.epochs):
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        train_loader.set_epoch(epoch)  # accelerate's loader re-seeds its sampler from its own epoch count
+        train_loss = _train_epoch(model, train_loader, optimizer, scheduler, prepared.aux_loss, steps,
+                                  accelerator, train_set, emit, epoch)
+        val = _evaluate(model, val_loader, accelerator, val_set, emit) if val_records else {}
+        record = {"epoch": epoch + 1, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()},
+                  "lr": optimizer.param_groups[0]["lr"]}
+        if _better(val, best["val"], config.select_metric) or not val_records:
+            best = {"epoch": epoch + 1, "val": val, "tensors": _trainable_state(detector, trainable_names)}
+        record["selected"] = best["epoch"]
+        history.append(record)
+        if main:
+            state = {"recipe": config.recipe(), "history": history, "best_epoch": best["epoch"],
+                     "best_val": best["val"]}
+            checkpoint.save(ckpt, epoch + 1, _trainable_state(detector, trainable_names), best["tensors"],
+                            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, state)
+            _write_log(out, history)
+        accelerator.wait_for_everyone()
+        emit("epoch", **record)
+
+    skipped = train_set.skipped + val_set.skipped
+    if main:
+        _load_trainable(detector, best["tensors"])
+        extra = {"val": best["val"], "history": history, "selected_epoch": best["epoch"],
+                 "selected_by": f"val_{config.select_metric}" if val_records else "last epoch",
+                 "trainable_params": n_trainable, "skipped": len(skipped),
+                 "processes": accelerator.num_processes}
+        extra.update(prepared.finalize(detector) or {})
+        meta = ModelMeta(kind="specialist" if len(config.families) == 1 else "joint", method=config.method,
+                         families=list(config.families), base_id=base_id, base_hash=base_hash,
+                         recipe=config.recipe(), extra=extra)
+        save_detector(detector, out, meta)
+        if not config.keep_checkpoint:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return TrainResult(out=out, selected_epoch=best["epoch"], val=best["val"], history=history,
+                       skipped=skipped, trainable_params=n_trainable, total_params=n_total,
+                       is_main_process=main)
+
+
+def _splits(records: list[Record], config: TrainConfig, source: str) -> tuple[list[Record], list[Record]]:
+    """Train/val records of the chosen families (+ reals); each needs both classes."""
+    known = sorted({r.family for r in records if r.label == 1})
+    unknown = [f for f in config.families if f not in known]
+    if unknown:
+        raise InputError(f"{source}: no fakes of family {', '.join(unknown)} (families: {', '.join(known)})")
+    train = select(records, "train", config.families)
+    _need_both_classes(train, "train", config, source, "")
+    val = []
+    if config.val_split:
+        val = select(records, config.val_split, config.families)
+        _need_both_classes(val, config.val_split, config, source,
+                           " (use --set val_split=null to train without validation)")
+    return train, val
+
+
+def _need_both_classes(part: list[Record], split: str, config: TrainConfig, source: str, hint: str) -> None:
+    labels = {r.label for r in part}
+    if labels != {0, 1}:
+        what = "no records" if not part else f"only {'reals' if labels == {0} else 'fakes'}"
+        families = ",".join(config.families)
+        raise InputError(f"{source}: split '{split}' has {what} for families {families}{hint}")
+
+
+def _probe_batches(dataset: ImageDataset, config: TrainConfig):
+    """Deterministic (pixels, labels) batches of training data for methods that score layers first."""
+    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.num_workers,
+                        sampler=EpochShuffle(len(dataset), config.seed + 1))
+    for batch in loader:
+        pixels, labels, _, _ = drop_skipped(batch)
+        if len(labels):
+            yield pixels, labels
+
+
+def _scheduler(optimizer, schedule: str, total_steps: int):
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1))))
+
+
+def _train_epoch(model, loader, optimizer, scheduler, aux_loss, steps, accelerator, dataset, emit, epoch):
+    model.train()
+    total = torch.zeros(2)
+    for step, batch in enumerate(loader):
+        if step >= steps:
+            break
+        pixels, labels, _, bad = drop_skipped(batch)
+        _note_skipped(accelerator, dataset, bad, emit)
+        # A batch of only unreadable images gets a zero loss, which keeps DDP processes in step.
+        ce = F.cross_entropy(model(pixels), labels) if len(labels) else model(batch[0][:1]).sum() * 0
+        loss = ce if aux_loss is None else ce + aux_loss()
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        total += torch.tensor([ce.item() * len(labels), len(labels)])
+        emit("step", epoch=epoch + 1, step=step + 1, steps=steps, loss=ce.item())
+    total = accelerator.reduce(total.to(accelerator.device), "sum").cpu()
+    return (total[0] / total[1]).item() if total[1] > 0 else float("nan")
+
+
+@torch.no_grad()
+def _evaluate(model, loader, accelerator, dataset, emit) -> dict:
+    """Validation AUC / ACC (threshold 0.5) / loss over all processes' predictions."""
+    model.eval()
+    logits_all, labels_all = [], []
+    for pixels, labels, indices in loader:
+        logits, labels, indices = accelerator.gather_for_metrics((model(pixels), labels, indices))
+        good = labels >= 0
+        _note_skipped(accelerator, dataset, indices[~good], emit, gathered=True)
+        logits_all.append(logits[good].float().cpu())
+        labels_all.append(labels[good].cpu())
+    logits, labels = torch.cat(logits_all), torch.cat(labels_all)
+    probs = logits.softmax(-1)[:, 1]
+    return {"auc": float(roc_auc_score(labels.numpy(), probs.numpy())),
+            "acc": float(((probs >= 0.5).long() == labels).float().mean()),
+            "loss": float(F.cross_entropy(logits, labels))}
+
+
+def _note_skipped(accelerator, dataset, bad, emit, gathered: bool = False) -> None:
+    """Report unreadable images once each (training batches are sharded, so gather their indices)."""
+    if not gathered and accelerator.num_processes > 1:
+        counts = accelerator.gather(torch.tensor([len(bad)], device=accelerator.device))
+        if int(counts.sum()) == 0:
+            return
+        bad = _gather_varlen(accelerator, bad)
+    for message in dataset.note_skipped(bad.tolist()):
+        emit("skipped", message=message)
+
+
+def _gather_varlen(accelerator, values: torch.Tensor) -> torch.Tensor:
+    padded = accelerator.pad_across_processes(values.to(accelerator.device), pad_index=-1)
+    gathered = accelerator.gather(padded).cpu()
+    return gathered[gathered >= 0]
+
+
+def _better(val: dict, best: dict, metric: str) -> bool:
+    if not best:
+        return bool(val)
+    if metric == "loss":
+        return val["loss"] < best["loss"]
+    return val[metric] > best[metric]
+
+
+def _trainable_state(detector: Detector, names: list[str]) -> dict[str, torch.Tensor]:
+    params = dict(detector.named_parameters())
+    return {n: params[n].detach().clone().cpu() for n in names}
+
+
+@torch.no_grad()
+def _load_trainable(detector: Detector, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(detector.named_parameters())
+    for name, value in tensors.items():
+        params[name].copy_(value)
+
+
+def _write_log(out: Path, history: list[dict]) -> None:
+    write_text(out.with_suffix(".log.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
