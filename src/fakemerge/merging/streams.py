@@ -1,0 +1,118 @@
+"""Per-key access to a base and its specialists' task vectors, for merge methods that stream.
+
+Inputs are touched only through `keys()` and `__getitem__`, so they may be lazy mappings that read one
+tensor from disk per access; nothing here keeps a whole model. Keys may be spelled with or without the
+`vision_model.` prefix in each input independently; results use the base's spelling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from fakemerge.errors import InputError
+
+PREFIX = "vision_model."
+
+
+def bare(key: str) -> str:
+    """The key without the `vision_model.` prefix: the spelling-independent name of a tensor."""
+    return key.removeprefix(PREFIX)
+
+
+def is_bias_or_norm(key: str) -> bool:
+    """Biases and LayerNorm parameters (CLIP spells them `layer_norm1`, `pre_layrnorm`, `post_layernorm`)."""
+    name = bare(key)
+    return name.endswith("bias") or "norm" in name
+
+
+def is_linear_weight(key: str, t: torch.Tensor) -> bool:
+    """A 2-D weight of an attention or MLP linear: the tensors that R²M and CART truncate to low rank."""
+    name = bare(key)
+    return t.ndim == 2 and name.endswith(".weight") and ("self_attn." in name or "mlp." in name)
+
+
+class TaskStream:
+    """The base θ0 and task vectors τi = θi − θ0 of N specialists, one key at a time.
+
+    `tasks(key)` returns the N task vectors of one tensor in the compute dtype (float32, or float64 when
+    an input is float64). Calls with `record=True` (each method's final pass) also accumulate the N×N Gram
+    of all task vectors, which gives the task norms and cosine similarities of the merge report.
+    """
+
+    def __init__(self, base: Mapping[str, torch.Tensor], specialists: Sequence[Mapping[str, torch.Tensor]]):
+        if len(specialists) < 1:
+            raise InputError("specialists: at least one specialist is needed to merge (got 0)")
+        self.base = base
+        self.specialists = list(specialists)
+        self.keys = list(base.keys())
+        names = [bare(k) for k in self.keys]
+        if len(set(names)) != len(names):
+            raise InputError("base: the same tensor appears with and without the 'vision_model.' prefix")
+        self._spelling: list[dict[str, str]] = []
+        for i, spec in enumerate(self.specialists):
+            own = {bare(k): k for k in spec.keys()}  # noqa: SIM118 -- lazy inputs promise keys() only
+            missing, extra = set(names) - set(own), set(own) - set(names)
+            if missing or extra:
+                raise InputError(f"specialist {i}: its tensors do not match the base's: "
+                                 f"missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}")
+            self._spelling.append(own)
+        self.gram = torch.zeros(self.n, self.n, dtype=torch.float64)
+
+    @property
+    def n(self) -> int:
+        return len(self.specialists)
+
+    def theta0(self, key: str) -> torch.Tensor:
+        return self.base[key].detach()
+
+    def is_float(self, key: str) -> bool:
+        return self.base[key].is_floating_point()
+
+    def specialist(self, i: int, key: str) -> torch.Tensor:
+        t = self.specialists[i][self._spelling[i][bare(key)]].detach()
+        base = self.base[key]
+        if t.shape != base.shape:
+            raise InputError(f"specialist {i}: tensor {bare(key)} has shape {tuple(t.shape)}, "
+                             f"the base has {tuple(base.shape)}")
+        return t
+
+    def dtype_for(self, *tensors: torch.Tensor) -> torch.dtype:
+        return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+    def task(self, i: int, key: str) -> torch.Tensor:
+        """τi of `key` in the compute dtype."""
+        base, theta = self.theta0(key), self.specialist(i, key)
+        dtype = self.dtype_for(base, theta)
+        return theta.to(dtype) - base.to(dtype)
+
+    def float_keys(self) -> list[str]:
+        return [k for k in self.keys if self.is_float(k)]
+
+    def tasks(self, key: str, record: bool = False) -> list[torch.Tensor]:
+        """The N task vectors of `key` in the compute dtype."""
+        base = self.theta0(key)
+        thetas = [self.specialist(i, key) for i in range(self.n)]
+        dtype = self.dtype_for(base, *thetas)
+        b = base.to(dtype)
+        taus = [t.to(dtype) - b for t in thetas]
+        if record:
+            flat = torch.stack([t.reshape(-1) for t in taus]).double()
+            self.gram += flat @ flat.T
+        return taus
+
+    def finish(self, key: str, delta: torch.Tensor) -> torch.Tensor:
+        """θ0 + Δ in the base's dtype."""
+        base = self.theta0(key)
+        return (base.to(delta.dtype) + delta).to(base.dtype)
+
+    def report(self, diagnostics: dict | None) -> None:
+        """Task norms and the N×N cosine-similarity matrix, from the Gram recorded in the final pass."""
+        if diagnostics is None:
+            return
+        norms = self.gram.diagonal().clamp_min(0).sqrt()
+        denom = torch.outer(norms, norms)
+        cos = torch.where(denom > 0, self.gram / denom.clamp_min(1e-300), torch.zeros_like(self.gram))
+        diagnostics["task_norms"] = norms.tolist()
+        diagnostics["task_cosine"] = cos.tolist()
