@@ -1,0 +1,187 @@
+"""`merge_files`: specialist files in, one merged detector file out — validated, streamed, atomic.
+
+Order of work: open everything lazily and check keys/shapes/dtypes/heads from the headers (cheap); one scan
+pass over all tensors (NaN/Inf, content hashes); refuse a specialist of another base (unless `force`);
+stream the method's output tensor by tensor into the file; merge the heads; write the metadata (recipe with
+every input's content hash, the method's diagnostics, outlier warnings from its task-vector norms and
+cosines) and the optional report.
+
+Heads: the specialists' heads were trained from different random heads, so they have no common base and
+task-vector methods do not apply to them. `average` (the R²M paper's choice) is the default;
+`norm_matched` rescales each head to the mean head norm first, so one head with large logits cannot dominate.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fakemerge.errors import InputError
+from fakemerge.io import atomic_path
+from fakemerge.merging.recipe import portable
+from fakemerge.merging.report import jsonable, outlier_warnings, write_report
+from fakemerge.merging.tensors import HEAD_KEYS, LazyState, Progress, SafetensorsWriter, scan_inputs
+from fakemerge.models.backbone import backbone_state, config_to_dict, load_base
+from fakemerge.models.detector import ModelMeta, read_meta
+
+HEAD_MODES = ("average", "norm_matched")
+Layout = dict[str, tuple[torch.dtype, tuple[int, ...]]]
+
+
+@dataclass
+class Base:
+    """The pretrained backbone every specialist started from, as a mapping read lazily where possible."""
+
+    state: Mapping[str, torch.Tensor]
+    id: str  # what to record as base_id
+    config: dict
+
+    def layout(self) -> Layout:
+        if isinstance(self.state, LazyState):
+            return {k: self.state.spec(k) for k in self.state}
+        return {k: (t.dtype, tuple(t.shape)) for k, t in self.state.items()}
+
+
+def open_base(spec: str | os.PathLike) -> Base:
+    """A fakemerge file or an HF directory with safetensors weights is read lazily; an HF id is loaded."""
+    path = Path(spec)
+    if path.suffix == ".safetensors":
+        meta = read_meta(path)
+        return Base(LazyState(path), meta.base_id or str(spec), meta.backbone_config)
+    if path.is_dir() and any(path.glob("model*.safetensors")) and (path / "config.json").is_file():
+        from transformers import CLIPVisionConfig
+
+        config = config_to_dict(CLIPVisionConfig.from_pretrained(path))
+        return Base(LazyState(path, float32=True), str(spec), config)
+    model, base_id = load_base(spec)
+    return Base(backbone_state(model), base_id, config_to_dict(model.config))
+
+
+def open_specialist(path: str | os.PathLike,
+                    layout: Layout) -> tuple[LazyState, ModelMeta, dict[str, torch.Tensor]]:
+    """Open a specialist lazily and check it against the base layout; the error names the file and tensor."""
+    meta = read_meta(path)
+    state = LazyState(path)
+    missing = [k for k in layout if k not in state]
+    if missing:
+        raise InputError(f"{path}: tensor {missing[0]} is missing ({len(missing)} base tensor(s) absent)")
+    extra = [k for k in state if k not in layout]
+    if extra:
+        raise InputError(f"{path}: unexpected tensor {extra[0]} (not in the base; {len(extra)} in all)")
+    for k, (dtype, shape) in layout.items():
+        got = state.spec(k)
+        if got[1] != shape:
+            raise InputError(f"{path}: tensor {k} has shape {list(got[1])}, the base has {list(shape)}")
+        if got[0] != dtype:
+            raise InputError(f"{path}: tensor {k} has dtype {got[0]}, the base has {dtype}")
+    head = {k: state.extra(k) for k in HEAD_KEYS}
+    absent = [k for k, v in head.items() if v is None]
+    if absent:
+        raise InputError(f"{path}: tensor {absent[0]} is missing (a specialist needs a head)")
+    return state, meta, head
+
+
+def merge_heads(heads: list[dict[str, torch.Tensor]], how: str) -> dict[str, torch.Tensor]:
+    """Combine the specialists' linear heads (see the module docstring for why not with the method)."""
+    if how not in HEAD_MODES:
+        raise InputError(f"head={how}: unknown head merge (choose from {', '.join(HEAD_MODES)})")
+    scale = [1.0] * len(heads)
+    if how == "norm_matched":
+        norms = [torch.cat([h["head.weight"].flatten(), h["head.bias"]]).double().norm().item()
+                 for h in heads]
+        mean = sum(norms) / len(norms)
+        scale = [mean / n if n > 0 else 1.0 for n in norms]
+    merged = {}
+    for k in HEAD_KEYS:
+        total = sum(s * h[k].double() for s, h in zip(scale, heads, strict=True))
+        merged[k] = (total / len(heads)).to(heads[0][k].dtype)
+    return merged
+
+
+@dataclass
+class MergeResult:
+    out: Path
+    meta: ModelMeta
+    norms: list[float]  # ‖τi‖ over the backbone
+    cosine: list[list[float]]  # task-vector cosine similarities
+    diagnostics: dict  # what the method reported (JSON-able)
+    warnings: list[str] = field(default_factory=list)
+    report_files: list[Path] = field(default_factory=list)
+
+
+def _gram(norms: list[float], cosine: list[list[float]]) -> torch.Tensor:
+    n = torch.tensor(norms, dtype=torch.float64)
+    return torch.tensor(cosine, dtype=torch.float64) * n[:, None] * n[None, :]
+
+
+def merge_files(method: str, base: str | os.PathLike, specialists: list[str | os.PathLike],
+                out: str | os.PathLike, *, params: dict | None = None, head: str = "average",
+                report_dir: str | os.PathLike | None = None, force: bool = False,
+                expected_hashes: list[str | None] | None = None,
+                progress: Progress | None = None) -> MergeResult:
+    """Merge specialist files into one detector file; peak memory ≈ one tensor per input + the method's needs.
+
+    `expected_hashes` (from a stored recipe) must equal each specialist's content hash unless `force`;
+    `force` also accepts specialists whose recorded base hash differs from the base's.
+    """
+    from fakemerge.merging import merge_iter, resolve_params
+
+    if not specialists:
+        raise InputError("merge: no specialist models given")
+    if head not in HEAD_MODES:
+        raise InputError(f"head={head}: unknown head merge (choose from {', '.join(HEAD_MODES)})")
+    full_params = resolve_params(method, dict(params or {}))
+    out = Path(out)
+    names = [str(p) for p in specialists]
+    b = open_base(base)
+    layout = b.layout()
+    opened = [open_specialist(p, layout) for p in specialists]
+    states, metas, heads = (list(x) for x in zip(*opened, strict=True))
+    for name, h in zip(names[1:], heads[1:], strict=True):
+        for k in HEAD_KEYS:
+            if h[k].shape != heads[0][k].shape:
+                raise InputError(f"{name}: tensor {k} has shape {list(h[k].shape)}, "
+                                 f"{names[0]} has {list(heads[0][k].shape)}")
+
+    scan = scan_inputs(b.state, states, names, heads, progress)
+    for name, meta in zip(names, metas, strict=True):
+        if meta.base_hash != scan.base_hash and not force:
+            why = "records no base hash" if meta.base_hash is None else "was fine-tuned from a different base"
+            raise InputError(f"{name}: {why} (base content hash {scan.base_hash[:12]}…; "
+                             "--force to merge anyway)")
+    for name, want, got in zip(names, expected_hashes or [None] * len(names), scan.hashes, strict=True):
+        if want is not None and want != got and not force:
+            raise InputError(f"{name}: content changed since the recipe was recorded (sha256 {got[:12]}… ≠ "
+                             f"{want[:12]}…; --force to merge anyway)")
+    families = list(dict.fromkeys(f for m in metas for f in m.families))
+    recipe = {"method": method, "base": portable(base, out.parent),
+              "models": [{"model": portable(p, out.parent), "sha256": h, "families": m.families}
+                         for p, h, m in zip(specialists, scan.hashes, metas, strict=True)],
+              "parameters": full_params, "head": head}
+    meta = ModelMeta(kind="merged", method=method, families=families, base_id=b.id, base_hash=scan.base_hash,
+                     backbone_config=b.config, recipe=recipe)
+    diagnostics: dict = {}
+    out_layout = {**layout, **{k: (heads[0][k].dtype, tuple(heads[0][k].shape)) for k in HEAD_KEYS}}
+    with atomic_path(out) as tmp, SafetensorsWriter(tmp, out_layout, meta.to_header()) as writer:
+        for done, (key, tensor) in enumerate(merge_iter(method, b.state, states, diagnostics=diagnostics,
+                                                        **full_params)):
+            writer.write(key, tensor)
+            if progress:
+                progress("merge", done + 1, len(layout))
+        for k, v in merge_heads(heads, head).items():
+            writer.write(k, v)
+        diagnostics = jsonable(diagnostics)
+        norms, cosine = diagnostics.get("task_norms", []), diagnostics.get("task_cosine", [])
+        warnings = outlier_warnings(names, _gram(norms, cosine)) if norms else []
+        meta.extra = {"task_norms": norms, "task_cosine": cosine, "warnings": warnings,
+                      "diagnostics": diagnostics}
+        writer.close(meta.to_header())
+
+    result = MergeResult(out, meta, norms, cosine, diagnostics, warnings)
+    if report_dir is not None:
+        result.report_files = write_report(report_dir, result, names)
+    return result

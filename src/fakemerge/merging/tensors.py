@@ -1,0 +1,299 @@
+"""Tensor IO for merging: lazy safetensors access, one validation pass over the inputs, a streaming writer.
+
+Merging N specialists must not hold N models in memory: `LazyState` reads one tensor per lookup (nothing is
+cached, no mmap), `scan_inputs` visits each backbone tensor once for all inputs (finiteness, content
+hashes), and `SafetensorsWriter` writes each merged tensor straight to its place in the output file. Peak
+memory is then about one tensor per input plus what the merge method keeps."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fakemerge.errors import InputError
+from fakemerge.models.backbone import PREFIX
+
+HEAD_KEYS = ("head.weight", "head.bias")
+# Top-level module names of a CLIP vision tower saved without the `vision_model.` prefix.
+_BARE_ROOTS = {"embeddings", "encoder", "pre_layrnorm", "post_layernorm"}
+_DTYPE_CODES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                torch.uint8: "U8", torch.bool: "BOOL"}
+_DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def canonical_key(key: str) -> str | None:
+    """The `vision_model.`-prefixed name of a backbone tensor, or None for anything else (head, text tower).
+
+    `position_ids` is a non-persistent buffer in recent transformers; old hub files still carry it.
+    """
+    if key.endswith("position_ids"):
+        return None
+    if key.startswith(PREFIX):
+        return key
+    return PREFIX + key if key.split(".", 1)[0] in _BARE_ROOTS else None
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [path / s for s in shards]
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    raise InputError(f"{path}: no safetensors weights found")
+
+
+class _SafetensorsFile:
+    """One safetensors file read with plain `readinto` (no mmap: memory is exactly the tensors asked for)."""
+
+    MAX_HEADER = 100 << 20
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = open(path, "rb", buffering=0)  # noqa: SIM115 (kept open for the mapping's lifetime)
+        try:
+            (n,) = struct.unpack("<Q", self._fh.read(8))
+            if n > self.MAX_HEADER:
+                raise ValueError(f"header of {n} bytes")
+            header = json.loads(self._fh.read(n))
+            self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+            self.entries: dict[str, dict] = header
+            self.start = 8 + n
+            for e in header.values():
+                e["dtype"], e["shape"] = _DTYPES[e["dtype"]], tuple(e["shape"])
+        except Exception as e:  # struct, JSON, unknown dtype code, missing fields
+            self._fh.close()
+            raise InputError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+    def read(self, key: str) -> torch.Tensor:
+        e = self.entries[key]
+        t = torch.empty(e["shape"], dtype=e["dtype"])
+        begin, end = e["data_offsets"]
+        if t.numel() * t.element_size() != end - begin:
+            raise InputError(f"{self.path}: tensor {key} has {end - begin} bytes for shape {list(t.shape)}")
+        buf = memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
+        self._fh.seek(self.start + begin)
+        done = 0
+        while done < len(buf):
+            got = self._fh.readinto(buf[done:])
+            if not got:
+                raise InputError(f"{self.path}: file is truncated (tensor {key})")
+            done += got
+        return t
+
+
+class LazyState(Mapping[str, torch.Tensor]):
+    """Read-only mapping over the backbone tensors (canonical names) of a safetensors file or HF directory.
+
+    Each lookup reads one tensor from disk; nothing is cached, so memory stays at what the caller holds.
+    `float32=True` upcasts floating tensors (a half-precision hub base is used in float32, as `load_base`
+    does).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, float32: bool = False):
+        self.path = Path(path)
+        self.float32 = float32
+        self._files = [_SafetensorsFile(f) for f in _safetensors_files(self.path)]
+        self.metadata: dict[str, str] = self._files[0].metadata
+        self._where: dict[str, tuple[int, str]] = {}
+        self._other: dict[str, tuple[int, str]] = {}
+        for i, f in enumerate(self._files):
+            for k in f.entries:
+                ck = canonical_key(k)
+                if ck is None:
+                    self._other[k] = (i, k)
+                else:
+                    self._where[ck] = (i, k)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        i, k = self._where[key]
+        return self._read(i, k)
+
+    def __contains__(self, key: object) -> bool:  # without reading the tensor, as Mapping's default would
+        return key in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def _read(self, i: int, k: str) -> torch.Tensor:
+        t = self._files[i].read(k)
+        return t.float() if self.float32 and t.is_floating_point() else t
+
+    def spec(self, key: str) -> tuple[torch.dtype, tuple[int, ...]]:
+        """dtype and shape of a backbone tensor, read from the header only."""
+        i, k = self._where[key]
+        e = self._files[i].entries[k]
+        dtype = torch.float32 if self.float32 and e["dtype"].is_floating_point else e["dtype"]
+        return dtype, e["shape"]
+
+    def extra(self, key: str) -> torch.Tensor | None:
+        """A non-backbone tensor such as `head.weight`, or None when the file has none."""
+        where = self._other.get(key)
+        return None if where is None else self._read(*where)
+
+
+def _hash_update(h, key: str, t: torch.Tensor) -> None:
+    """The byte sequence of `fakemerge.io.tensors_sha256` for one tensor (so the streamed hash equals it)."""
+    t = t.detach().contiguous().cpu()
+    h.update(key.encode())
+    h.update(str(t.dtype).encode())
+    h.update(str(tuple(t.shape)).encode())
+    if t.numel():
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+
+def streamed_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """`tensors_sha256` reading one tensor at a time (works on a LazyState of any size)."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        _hash_update(h, k, tensors[k])
+    return h.hexdigest()
+
+
+def _check_finite(name: str, key: str, t: torch.Tensor) -> None:
+    """A NaN/Inf makes the sum non-finite (one cheap pass); only then look element by element."""
+    if t.is_floating_point() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+        raise InputError(f"{name}: tensor {key} contains NaN or Inf values")
+
+
+@dataclass
+class InputScan:
+    """What one pass over base + specialists learns: content hashes (every value was found finite)."""
+
+    base_hash: str  # tensors_sha256 of the base backbone
+    hashes: list[str]  # tensors_sha256 of each specialist's tensors (backbone + `heads`)
+
+
+def scan_inputs(base: Mapping[str, torch.Tensor], specialists: Sequence[Mapping[str, torch.Tensor]],
+                names: Sequence[str], heads: Sequence[Mapping[str, torch.Tensor]] = (),
+                progress: Progress | None = None) -> InputScan:
+    """Visit every backbone tensor once (sorted keys): hash it and check it is finite.
+
+    `heads` (one mapping per specialist) are hashed and checked first: `head.*` sorts before `vision_model.*`,
+    so each hash equals `tensors_sha256` of the whole file. Raises InputError naming the file and tensor for
+    a NaN/Inf value. Keys and shapes must already match.
+    """
+    base_h, spec_h = hashlib.sha256(), [hashlib.sha256() for _ in specialists]
+    for name, head, h in zip(names, heads, spec_h, strict=False):
+        for key in sorted(head):
+            _check_finite(name, key, head[key])
+            _hash_update(h, key, head[key])
+    keys = sorted(base)
+    for done, key in enumerate(keys):
+        _hash_update(base_h, key, base[key])
+        for name, spec, h in zip(names, specialists, spec_h, strict=True):
+            t = spec[key]
+            _hash_update(h, key, t)
+            _check_finite(name, key, t)
+        if progress:
+            progress("scan", done + 1, len(keys))
+    return InputScan(base_h.hexdigest(), [h.hexdigest() for h in spec_h])
+
+
+class SafetensorsWriter:
+    """Write a safetensors file tensor by tensor, in any order, holding one tensor at a time.
+
+    The layout (name → dtype, shape) is known up front (from the base), so the header goes first and each
+    tensor is written at its offset. Metadata known only at the end (merge diagnostics) is passed to
+    `close()`: it is written into the `reserve` bytes kept after the header (JSON allows trailing spaces), or,
+    if it does not fit, the data is moved once. `close()` refuses a file with a tensor missing. Use inside
+    `fakemerge.io.atomic_path` so a crash never leaves a partial output.
+    """
+
+    def __init__(self, path: str | os.PathLike, layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+                 metadata: Mapping[str, str] | None = None, reserve: int = 1 << 16):
+        self.path = Path(path)
+        self.layout = dict(layout)
+        self.offsets: dict[str, tuple[int, int]] = {}
+        self._entries: dict[str, object] = {}
+        pos = 0
+        for k, (dtype, shape) in self.layout.items():
+            size = torch.Size(shape).numel() * dtype.itemsize
+            self.offsets[k] = (pos, pos + size)
+            self._entries[k] = {"dtype": _DTYPE_CODES[dtype], "shape": list(shape),
+                                "data_offsets": [pos, pos + size]}
+            pos += size
+        self._size = pos
+        blob = self._header(metadata)
+        self._header_len = len(blob) + reserve + (-(len(blob) + reserve) % 8)  # data starts 8-byte aligned
+        self._file = open(self.path, "w+b")  # noqa: SIM115 (held until close())
+        self._write_header(blob)
+        self._file.truncate(8 + self._header_len + pos)
+        self._written: set[str] = set()
+
+    def _header(self, metadata: Mapping[str, str] | None) -> bytes:
+        header = {"__metadata__": dict(metadata), **self._entries} if metadata else self._entries
+        return json.dumps(header, separators=(",", ":")).encode()
+
+    def _write_header(self, blob: bytes) -> None:
+        self._file.seek(0)
+        self._file.write(struct.pack("<Q", self._header_len) + blob + b" " * (self._header_len - len(blob)))
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        if key not in self.layout:
+            raise ValueError(f"unexpected tensor {key}")
+        dtype, shape = self.layout[key]
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"tensor {key} has shape {tuple(tensor.shape)}, expected {shape}")
+        t = tensor.detach().to("cpu", dtype).contiguous()
+        self._file.seek(8 + self._header_len + self.offsets[key][0])
+        if t.numel():
+            self._file.write(memoryview(t.view(torch.uint8).numpy()))
+        self._written.add(key)
+
+    def close(self, metadata: Mapping[str, str] | None = None) -> None:
+        missing = set(self.layout) - self._written
+        if missing:
+            self._file.close()
+            raise ValueError(f"tensors never written: {sorted(missing)[:3]}")
+        if metadata is not None:
+            blob = self._header(metadata)
+            if len(blob) <= self._header_len:
+                self._write_header(blob)
+            else:
+                self._move_data(blob)
+        self._file.close()
+
+    def _move_data(self, blob: bytes) -> None:
+        """Rewrite the file with a larger header (metadata outgrew the reserve): one copy of the data."""
+        old_start = 8 + self._header_len
+        self._header_len = len(blob) + (-len(blob) % 8)
+        grown = self.path.with_name(self.path.name + ".grow")
+        old, self._file = self._file, open(grown, "wb")  # noqa: SIM115 (closed below)
+        try:
+            self._write_header(blob)
+            old.seek(old_start)
+            shutil.copyfileobj(old, self._file, 1 << 24)
+            self._file.close()
+            os.replace(grown, self.path)
+        except BaseException:
+            self._file.close()
+            grown.unlink(missing_ok=True)
+            raise
+        finally:
+            old.close()
+
+    def __enter__(self) -> SafetensorsWriter:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is not None:
+            self._file.close()
+        elif not self._file.closed:
+            self.close()
