@@ -156,13 +156,13 @@ def _merge_all(base: str, specialists: list[Path], out_dir: Path, cfg: DemoScale
             merge_files(method, base, specialists, path, params=params)
             done.append((name, path, method))
     with timer.stage("composable re-merge (FS,FR,EFS then --add FE)"):
-        from fakemerge.merging.engine import add_specialist
+        from fakemerge.merging.engine import add_specialists
 
         three = [p for p in specialists if p.stem != "FE"]
         first = out_dir / "merged-r2m-3fam.safetensors"
         merge_files("r2m", base, three, first, params={})
         added = out_dir / "merged-r2m-3fam+FE.safetensors"
-        add_specialist(first, next(p for p in specialists if p.stem == "FE"), added)
+        add_specialists(first, [p for p in specialists if p.stem == "FE"], added)
         done += [("r2m(FS,FR,EFS)", first, "r2m"), ("r2m(FS,FR,EFS)+FE", added, "r2m")]
     return done
 

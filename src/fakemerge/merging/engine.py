@@ -185,3 +185,22 @@ def merge_files(method: str, base: str | os.PathLike, specialists: list[str | os
     if report_dir is not None:
         result.report_files = write_report(report_dir, result, names)
     return result
+
+
+def add_specialists(merged: str | os.PathLike, new: list[str | os.PathLike], out: str | os.PathLike, *,
+                    force: bool = False, report_dir: str | os.PathLike | None = None,
+                    progress: Progress | None = None) -> MergeResult:
+    """The composable re-merge: MERGED's stored recipe (same base, method, parameters) plus NEW specialists.
+
+    Old specialists are never retrained; their recorded content hashes must still match unless `force`.
+    """
+    from fakemerge.merging.recipe import recipe_from_merged
+
+    recipe = recipe_from_merged(merged)
+    known = {Path(m).resolve() for m in recipe.models}
+    for path in new:
+        if Path(path).resolve() in known:
+            raise InputError(f"{path}: already part of the merge {merged}")
+    return merge_files(recipe.method, recipe.base, [*recipe.models, *new], out, params=recipe.parameters,
+                       head=recipe.head, report_dir=report_dir, force=force,
+                       expected_hashes=[*recipe.hashes, *[None] * len(new)], progress=progress)
