@@ -1,0 +1,211 @@
+"""Training methods `effort` and `fmsd` (specs/fmsd.md): SVD subspace fine-tuning of the backbone + the head.
+
+effort: K = 1, d = 1 on every attention projection; CE only by default (as Effort's released code), the
+        paper's orthonormality / energy terms available with their own weights.
+fmsd:   forgery-aware layer masking (score candidates on probe batches after a head warm-up, keep the top
+        ρ or top-k) + K artifact subspaces of rank d in the selected layers + orthogonality and spectral
+        losses. Defaults (K=2, d=4, ρ=0.5, gsnr, λ_orth=λ_spec=0.1) are provisional, to be re-chosen on
+        validation.
+Both densify in `finalize`, so a specialist is an ordinary checkpoint of the base architecture whose
+task vector is nonzero only in decomposed layers, with rank ≤ 2·K·d per matrix.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from torch import nn
+
+from fakemerge.errors import InputError
+from fakemerge.models.backbone import PREFIX
+from fakemerge.models.detector import Detector
+from fakemerge.models.layer_mask import gradient_scores, select_layers
+from fakemerge.models.subspace import (
+    ATTENTION,
+    MLP,
+    densify,
+    energy_loss,
+    inject_subspaces,
+    linear_names,
+    orthogonality_loss,
+    orthonormality_loss,
+    spectral_loss,
+    subspace_layers,
+)
+from fakemerge.training.methods import Prepared, freeze_all_but, register_method
+
+
+class EffortOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lambda_orthonormal: float = 0.0  # Effort paper's L_orth (released code: off)
+    lambda_energy: float = 0.0  # relative form of Effort's L_ksv (released code: off)
+
+
+class FmsdOptions(EffortOptions):
+    subspaces: int = 2  # K
+    rank: int = 4  # d
+    layer_ratio: float = 0.5  # ρ, used when top_k is not given
+    top_k: int | None = None
+    score: Literal["gsnr", "gradnorm", "random", "all"] = "gsnr"  # "all" ignores layer_ratio / top_k
+    probe_batches: int = 8  # B
+    warmup_steps: int = 50  # head-only steps on the probe batches' cached features before scoring
+    warmup_lr: float = 1e-3
+    include_mlp: bool = False
+    lambda_orth: float = 0.1
+    lambda_spec: float = 0.1
+    rescore_every_epoch: bool = False
+    layers: list[str] | None = None  # explicit selection (canonical names): skips scoring
+    seed: int = 0  # for score="random"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.rescore_every_epoch:
+            raise ValueError("rescore_every_epoch is not supported yet (the trainer has no epoch hook)")
+        if self.subspaces < 1 or self.rank < 1 or self.probe_batches < 2 or self.warmup_steps < 0:
+            raise ValueError("subspaces and rank must be >= 1, probe_batches >= 2, warmup_steps >= 0")
+        if not 0 < self.layer_ratio <= 1:
+            raise ValueError(f"layer_ratio must be in (0, 1], got {self.layer_ratio}")
+        return self
+
+
+def _parse(cls: type[BaseModel], method: str, options: dict):
+    try:
+        return cls(**options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "options"
+        raise InputError(f"--method {method} option {where}: {err['msg']}") from None
+
+
+def canonical_name(name: str) -> str:
+    """Backbone module name in the hub spelling used by model files (`vision_model.encoder...`)."""
+    return name if name.startswith(PREFIX) else PREFIX + name
+
+
+def _pixels_labels(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixels, labels[, indices]) from the training loader; rows of unreadable images (label -1) dropped."""
+    pixels, labels = batch[0], batch[1]
+    good = labels >= 0
+    return pixels[good].to(device), labels[good].to(device)
+
+
+def _probe(detector: Detector, probe_loader: Iterable, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    device = next(detector.parameters()).device
+    batches = [_pixels_labels(b, device) for b in itertools.islice(probe_loader, n)]
+    batches = [b for b in batches if len(b[1])]
+    if len(batches) < 2:
+        raise InputError(f"layer scoring: needs at least 2 non-empty probe batches, got {len(batches)}")
+    return batches
+
+
+def _warm_up_head(detector: Detector, batches, steps: int, lr: float) -> None:
+    """Train the head alone on the probe batches' features (computed once), so the scored gradients carry
+    a forgery signal instead of a random head's. Training then starts from this warmed-up head."""
+    if steps == 0:
+        return
+    with torch.no_grad():
+        feats = [(detector.features(x), y) for x, y in batches]
+    for p in detector.head.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(detector.head.parameters(), lr=lr)
+    for step in range(steps):
+        f, y = feats[step % len(feats)]
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(detector.head(f), y).backward()
+        opt.step()
+    for p in detector.head.parameters():
+        p.grad = None
+
+
+def _ce(detector: Detector, batch) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.cross_entropy(detector(x), y)
+
+
+def _choose_layers(detector: Detector, opts: FmsdOptions, candidates: list[str],
+                   probe_loader: Iterable) -> tuple[list[str], dict[str, float]]:
+    """Selected candidate names (relative to the backbone) and every candidate's score."""
+    by_canonical = {canonical_name(n): n for n in candidates}
+    if opts.layers is not None:
+        unknown = [n for n in opts.layers if n not in by_canonical]
+        if unknown or not opts.layers:
+            raise InputError(f"--method fmsd option layers: not candidate layers: {unknown[:3] or '[]'}")
+        return [n for n in candidates if canonical_name(n) in set(opts.layers)], {}
+    if opts.score == "all":  # every candidate, whatever the ratio (with attention only: Effort's layers)
+        return list(candidates), {}
+    if opts.score == "random":
+        scores = gradient_scores(detector.backbone, candidates, _ce, [], opts.score, seed=opts.seed)
+    else:
+        was_training = detector.training
+        detector.eval()  # deterministic probe (no dropout); the trainer sets its own mode afterwards
+        batches = _probe(detector, probe_loader, opts.probe_batches)
+        _warm_up_head(detector, batches, opts.warmup_steps, opts.warmup_lr)
+        scores = gradient_scores(detector.backbone, candidates, lambda _, b: _ce(detector, b), batches,
+                                 opts.score)
+        detector.train(was_training)
+    selected = select_layers(scores, ratio=opts.layer_ratio, top_k=opts.top_k)
+    return selected, scores
+
+
+def _prepare(detector: Detector, layers: list[str], opts: EffortOptions, subspaces: int, rank: int,
+             lambdas: dict[str, float], extra: dict) -> Prepared:
+    freeze_all_but(detector, [])
+    backbone_size = sum(p.numel() for p in detector.backbone.parameters())  # before the SVD split
+    try:
+        inject_subspaces(detector.backbone, ATTENTION + MLP, subspaces=subspaces, rank=rank, layers=layers,
+                         keep_basis=opts.lambda_orthonormal > 0)
+    except ValueError as e:
+        raise InputError(f"--subspaces/--rank: {e}") from None
+    params = [p for layer in subspace_layers(detector.backbone).values() for p in layer.parameters()]
+    params += list(detector.head.parameters())
+    freeze_all_but(detector, params)
+    terms = {"orth": orthogonality_loss, "spec": spectral_loss, "orthonormal": orthonormality_loss,
+             "energy": energy_loss}
+    active = {k: w for k, w in lambdas.items() if w}
+    decomposed = nn.ModuleList(subspace_layers(detector.backbone).values())  # not a tree walk per step
+
+    def aux_loss() -> torch.Tensor:
+        return sum(w * terms[k](decomposed) for k, w in active.items())
+
+    meta = {"selected_layers": [canonical_name(n) for n in layers], "subspaces": subspaces, "rank": rank,
+            **extra}
+
+    def finalize(model: Detector) -> dict:
+        densify(model.backbone)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return meta
+
+    trainable = sum(p.numel() for p in params)
+    info = {"trainable_params": trainable, "backbone_params": backbone_size,
+            "trainable_percent": 100.0 * trainable / backbone_size,
+            "selected_layers": meta["selected_layers"]}
+    return Prepared(params=params, aux_loss=aux_loss if active else None, finalize=finalize, info=info)
+
+
+@register_method("effort", default_lr=2e-4)
+def effort(detector: Detector, options: dict, probe_loader: Iterable) -> Prepared:
+    """Effort: rank-1 residual subspace (the smallest singular triplet) in every attention projection."""
+    opts = _parse(EffortOptions, "effort", options)
+    layers = linear_names(detector.backbone, ATTENTION)
+    lambdas = {"orthonormal": opts.lambda_orthonormal, "energy": opts.lambda_energy}
+    return _prepare(detector, layers, opts, 1, 1, lambdas, {})
+
+
+@register_method("fmsd", default_lr=2e-4)
+def fmsd(detector: Detector, options: dict, probe_loader: Iterable) -> Prepared:
+    """FMSD: layer masking by gradient signal-to-noise, then K rank-d artifact subspaces per chosen layer."""
+    opts = _parse(FmsdOptions, "fmsd", options)
+    candidates = linear_names(detector.backbone, ATTENTION + MLP if opts.include_mlp else ATTENTION)
+    freeze_all_but(detector, [])
+    selected, scores = _choose_layers(detector, opts, candidates, probe_loader)
+    lambdas = {"orth": opts.lambda_orth, "spec": opts.lambda_spec, "orthonormal": opts.lambda_orthonormal,
+               "energy": opts.lambda_energy}
+    extra = {"score": opts.score if opts.layers is None else "given",
+             "layer_scores": {canonical_name(n): s for n, s in scores.items()}}
+    return _prepare(detector, selected, opts, opts.subspaces, opts.rank, lambdas, extra)
