@@ -121,6 +121,7 @@ def test_cli_flags_reach_fmsd(tiny_base, tiny_data, tmp_path):
     assert meta.recipe["method_options"]["subspaces"] == 3
     assert (meta.extra["subspaces"], meta.extra["rank"], meta.extra["score"]) == (3, 1, "gradnorm")
     assert len(meta.extra["selected_layers"]) == 2 and len(meta.extra["layer_scores"]) == 8
+    assert out.with_suffix(".layers.png").stat().st_size > 0  # the layer-score plot beside the model
 
 
 def test_fmsd_with_one_rank1_subspace_on_all_layers_is_effort(tiny_base, tiny_data, tmp_path):

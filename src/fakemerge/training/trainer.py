@@ -142,6 +142,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
                          families=list(config.families), base_id=base_id, base_hash=base_hash,
                          recipe=config.recipe(), extra=extra)
         save_detector(detector, out, meta)
+        if "layer_scores" in extra:
+            from fakemerge.models.layer_mask import plot_layer_scores
+
+            plot_layer_scores(extra["layer_scores"], extra["selected_layers"], out.with_suffix(".layers.png"))
         if not config.keep_checkpoint:
             shutil.rmtree(ckpt, ignore_errors=True)
     accelerator.wait_for_everyone()
