@@ -9,6 +9,7 @@ import torch
 
 from fakemerge.errors import InputError
 from fakemerge.merging import METHODS, merge, merge_iter, method_defaults
+from fakemerge.merging.methods import kth_smallest
 
 FC = "encoder.layers.0.mlp.fc1.weight"
 BIAS = "encoder.layers.0.mlp.fc1.bias"
@@ -88,6 +89,17 @@ def test_ties_keeps_int_density_plus_one_entries_and_ties():
     spec = {"a": torch.tensor([1.0, 2, 3, 4, 5, 6, 7, 8, 8, 10])}
     kept = merge("ties", base, [spec], density=0.2, scaling=1.0)["a"]
     assert close(kept, torch.tensor([0.0, 0, 0, 0, 0, 0, 0, 8, 8, 10]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kth_smallest_equals_kthvalue(dtype):
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.tensor([0.0, 0, 1e-40, 3, 3, 3, 7]), torch.zeros(5), torch.randn(20000, generator=g).abs(),
+             torch.randn(20000, generator=g).abs().round(decimals=2)]  # many ties inside one bucket
+    for mags in cases:
+        mags = mags.to(dtype)
+        for k in (1, 2, mags.numel() // 2, mags.numel() - 1, mags.numel()):
+            assert kth_smallest(mags, k) == mags.kthvalue(k).values.item()
 
 
 def test_dare_masks_are_seeded_rescaled_and_independent_of_key_order():

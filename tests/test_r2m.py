@@ -186,3 +186,21 @@ def test_diagnostics_report_the_core_and_residual():
     weights = torch.tensor(d["r2m_norm_weights"]) * torch.tensor(d["r2m_residual_task_norms"])
     assert torch.allclose(weights, weights.mean())  # every residual contributes the same norm
     assert len(d["task_cosine"]) == 3
+
+
+@pytest.mark.parametrize("shape", [(300, 600), (600, 300)])
+def test_randomized_truncation_is_near_optimal_on_a_flat_spectrum(shape):
+    a = torch.randn(shape, generator=torch.Generator().manual_seed(2))  # full rank, no spectral gap
+    left, right = truncated_svd(a, 30, seed=0)
+    assert left.shape == (shape[0], 30) and right.shape == (30, shape[1])
+    sv = torch.linalg.svdvals(a.double())
+    best = float(sv[30:].square().sum().sqrt())
+    assert float((a - left @ right).norm()) < 1.01 * best
+
+
+def test_residual_gram_from_factors_equals_the_dense_gram():
+    g = torch.Generator().manual_seed(3)
+    factors = [(torch.randn(7, r, generator=g, dtype=torch.float64),
+                torch.randn(r, 5, generator=g, dtype=torch.float64)) for r in (2, 3, 1)]
+    flat = torch.stack([(left @ right).reshape(-1) for left, right in factors])
+    assert torch.allclose(r2m._factor_gram(factors), flat @ flat.T, atol=1e-12)

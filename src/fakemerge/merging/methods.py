@@ -23,8 +23,7 @@ def average(s: TaskStream, diagnostics: dict | None) -> Merged:
         if not s.is_float(key):
             yield key, s.theta0(key)
             continue
-        taus = s.tasks(key, record=True)
-        yield key, s.finish(key, torch.stack(taus).mean(0))
+        yield key, s.finish(key, s.stacked(key, record=True).mean(0))
     s.report(diagnostics)
 
 
@@ -34,8 +33,7 @@ def task_arithmetic(s: TaskStream, diagnostics: dict | None, scaling: float) -> 
         if not s.is_float(key):
             yield key, s.theta0(key)
             continue
-        taus = s.tasks(key, record=True)
-        yield key, s.finish(key, scaling * torch.stack(taus).sum(0))
+        yield key, s.finish(key, scaling * s.stacked(key, record=True).sum(0))
     s.report(diagnostics)
 
 
@@ -50,14 +48,29 @@ def _ties_thresholds(s: TaskStream, density: float) -> list[float]:
     for i in range(s.n):
         mags = torch.cat([s.task(i, key).abs().reshape(-1) for key in keys])
         k = mags.numel() - int(mags.numel() * density)
-        out.append(mags.kthvalue(k).values.item() if k >= 1 else 0.0)
+        out.append(kth_smallest(mags, k) if k >= 1 else 0.0)
         del mags
     return out
 
 
-def _trim(taus: list[torch.Tensor], thresholds: list[float]) -> torch.Tensor:
-    pairs = zip(taus, thresholds, strict=True)
-    return torch.stack([torch.where(t.abs() >= th, t, torch.zeros_like(t)) for t, th in pairs])
+def kth_smallest(mags: torch.Tensor, k: int) -> float:
+    """The k-th smallest (1-based) of non-negative floats, exactly, as `kthvalue` but in about two linear
+    passes: the bit patterns of non-negative IEEE floats sort like their values, so a histogram of their top
+    16 bits finds the bucket that holds the k-th value, and only that bucket is selected from."""
+    if mags.dtype not in (torch.float32, torch.float64):
+        return mags.kthvalue(k).values.item()
+    as_int, shift = (torch.int64, 48) if mags.dtype == torch.float64 else (torch.int32, 16)
+    buckets = mags.contiguous().view(as_int) >> shift
+    counts = torch.bincount(buckets.int(), minlength=1 << 15).cumsum(0)
+    b = int(torch.searchsorted(counts, torch.tensor(k, dtype=counts.dtype)))
+    below = int(counts[b - 1]) if b > 0 else 0
+    return mags[buckets == b].kthvalue(k - below).values.item()
+
+
+def _trim(taus: torch.Tensor, thresholds: list[float]) -> torch.Tensor:
+    """Entries of each task below its threshold set to 0 (taus stacked N × shape)."""
+    th = torch.tensor(thresholds, dtype=taus.dtype).reshape(-1, *[1] * (taus.ndim - 1))
+    return torch.where(taus.abs() >= th, taus, 0.0)
 
 
 def ties(s: TaskStream, diagnostics: dict | None, density: float, scaling: float, merge_func: str) -> Merged:
@@ -70,13 +83,13 @@ def ties(s: TaskStream, diagnostics: dict | None, density: float, scaling: float
     thresholds = _ties_thresholds(s, density)
     elected_total = 0
     for key in s.float_keys():
-        elected_total += int(torch.sign(_trim(s.tasks(key), thresholds).sum(0)).sum().item())
+        elected_total += int(torch.sign(_trim(s.stacked(key), thresholds).sum(0)).sum().item())
     majority = float((elected_total > 0) - (elected_total < 0))
     for key in s.keys:
         if not s.is_float(key):
             yield key, s.theta0(key)
             continue
-        trimmed = _trim(s.tasks(key, record=True), thresholds)
+        trimmed = _trim(s.stacked(key, record=True), thresholds)
         sign = torch.sign(trimmed.sum(0))
         sign[sign == 0] = majority
         chosen = torch.where(sign > 0, trimmed > 0, trimmed < 0)

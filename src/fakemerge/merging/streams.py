@@ -36,9 +36,10 @@ def is_linear_weight(key: str, t: torch.Tensor) -> bool:
 class TaskStream:
     """The base θ0 and task vectors τi = θi − θ0 of N specialists, one key at a time.
 
-    `tasks(key)` returns the N task vectors of one tensor in the compute dtype (float32, or float64 when
-    an input is float64). Calls with `record=True` (each method's final pass) also accumulate the N×N Gram
-    of all task vectors, which gives the task norms and cosine similarities of the merge report.
+    `stacked(key)` returns the N task vectors of one tensor as one N × shape tensor (`tasks(key)`: as a
+    list) in the compute dtype (float32, or float64 when an input is float64). Calls with `record=True`
+    (each method's final pass) also accumulate the N×N Gram of all task vectors (each key's product in the
+    compute dtype, the sum in float64), which gives the task norms and cosine similarities of the report.
     """
 
     def __init__(self, base: Mapping[str, torch.Tensor], specialists: Sequence[Mapping[str, torch.Tensor]]):
@@ -92,15 +93,23 @@ class TaskStream:
 
     def tasks(self, key: str, record: bool = False) -> list[torch.Tensor]:
         """The N task vectors of `key` in the compute dtype."""
+        return list(self.stacked(key, record).unbind(0))
+
+    def stacked(self, key: str, record: bool = False) -> torch.Tensor:
+        """The N task vectors of `key` as one N × shape tensor in the compute dtype (one allocation)."""
         base = self.theta0(key)
         thetas = [self.specialist(i, key) for i in range(self.n)]
         dtype = self.dtype_for(base, *thetas)
-        b = base.to(dtype)
-        taus = [t.to(dtype) - b for t in thetas]
+        taus = torch.stack([t.to(dtype) for t in thetas])
+        taus -= base.to(dtype)
         if record:
-            flat = torch.stack([t.reshape(-1) for t in taus]).double()
-            self.gram += flat @ flat.T
+            self.record(taus)
         return taus
+
+    def record(self, taus: torch.Tensor) -> None:
+        """Add the N×N Gram of one key's stacked task vectors (compute dtype, accumulated in float64)."""
+        flat = taus.reshape(self.n, -1)
+        self.gram += (flat @ flat.T).double()
 
     def finish(self, key: str, delta: torch.Tensor) -> torch.Tensor:
         """θ0 + Δ in the base's dtype."""

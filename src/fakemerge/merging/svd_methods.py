@@ -147,11 +147,20 @@ def iso_cts(s: TaskStream, diagnostics: dict | None, common_fraction: float, sca
     s.report(diagnostics)
 
 
+POWER_ITERATIONS = 4  # fewer leave the truncation error > 1 % above the exact SVD's on flat spectra
+OVERSAMPLE = 10  # extra directions: at least this many, or a tenth of the rank
+
+
 def truncated_svd(t: torch.Tensor, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Best rank-`rank` approximation of a matrix as factors (L, R) with L @ R ≈ t.
 
-    Exact SVD for small matrices or large ranks; otherwise a seeded randomized SVD (Halko et al., 4 power
-    iterations with re-orthonormalisation, 10 extra directions), deterministic for a given seed.
+    Exact SVD for small matrices or large ranks; otherwise a seeded randomized subspace iteration (Halko
+    et al.: POWER_ITERATIONS passes, max(OVERSAMPLE, rank // 10) extra directions) in the smaller of the
+    two spaces, re-orthonormalised there only (the other side's products stay well conditioned for this
+    few passes). The rank-`rank` part comes from the eigenvectors of the small q × q Gram of the projected
+    matrix (float64), not from an SVD of the q × n sketch. Deterministic for a given seed. On full-rank
+    matrices with flat or decaying spectra the error stays within 1 % of the exact truncation's for
+    ranks up to a fifth of min(m, n).
     """
     k = min(t.shape)
     if rank >= k:
@@ -160,14 +169,18 @@ def truncated_svd(t: torch.Tensor, rank: int, seed: int) -> tuple[torch.Tensor, 
     if k <= 256 or 4 * rank > k:
         u, sv, vh = torch.linalg.svd(t, full_matrices=False)
         return u[:, :rank] * sv[:rank], vh[:rank]
+    wide = t.shape[0] <= t.shape[1]
+    a = t if wide else t.T
     g = torch.Generator().manual_seed(seed)
-    q = min(rank + 10, k)
-    omega = torch.randn(t.shape[1], q, generator=g, dtype=t.dtype)
-    basis = torch.linalg.qr(t @ omega).Q
-    for _ in range(4):
-        basis = torch.linalg.qr(t @ torch.linalg.qr(t.T @ basis).Q).Q
-    u, sv, vh = torch.linalg.svd(basis.T @ t, full_matrices=False)
-    return (basis @ u[:, :rank]) * sv[:rank], vh[:rank]
+    omega = torch.randn(a.shape[1], min(rank + max(OVERSAMPLE, rank // 10), k), generator=g, dtype=a.dtype)
+    basis = torch.linalg.qr(a @ omega).Q
+    for _ in range(POWER_ITERATIONS):
+        basis = torch.linalg.qr(a @ (a.T @ basis)).Q
+    b = basis.T @ a
+    b64 = b.double()
+    top = torch.linalg.eigh(b64 @ b64.T).eigenvectors[:, -rank:].to(a.dtype)
+    left, right = basis @ top, top.T @ b
+    return (left, right) if wide else (right.T, left.T)
 
 
 def truncation_rank(shape: tuple[int, ...], rank_ratio: float) -> int:
@@ -184,15 +197,13 @@ def cart(s: TaskStream, diagnostics: dict | None, rank_ratio: float, scaling: fl
         if not s.is_float(key):
             yield key, s.theta0(key)
             continue
-        taus = s.tasks(key, record=True)
-        mean = torch.stack(taus).mean(0)
+        taus = s.stacked(key, record=True)
+        mean = taus.mean(0)
         delta = mean
         if is_linear_weight(key, mean):
             rank = truncation_rank(mean.shape, rank_ratio)
-            low = torch.zeros_like(mean)
-            for i, tau in enumerate(taus):
-                left, right = truncated_svd(tau - mean, rank, dare_seed(seed, i, key))
-                low += left @ right
-            delta = mean + scaling * low
+            factors = [truncated_svd(tau - mean, rank, dare_seed(seed, i, key)) for i, tau in enumerate(taus)]
+            lefts, rights = torch.cat([f[0] for f in factors], 1), torch.cat([f[1] for f in factors], 0)
+            delta = mean.addmm(lefts, rights, alpha=scaling)  # mean + scaling · Σ L_i R_i in one product
         yield key, s.finish(key, delta)
     s.report(diagnostics)
