@@ -32,6 +32,9 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars say what is happening
     _register()
     try:
         app(args=argv, standalone_mode=False)

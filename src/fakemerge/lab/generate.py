@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from fakemerge.io import atomic_path, write_json
-from fakemerge.lab.families import FAMILIES, SEEN_FAMILIES, UNSEEN_FAMILIES, forge, plan_video
+from fakemerge.lab.families import FAMILIES, SEEN_FAMILIES, STRENGTH, UNSEEN_FAMILIES, forge, plan_video
 from fakemerge.lab.render import finish, moved, random_camera, random_identity, random_pose, render, sensor
 
 DATASET = "ForgeryLab"
@@ -95,7 +95,7 @@ def generate(out_dir: str | Path, *, size: int = 64, seed: int = 0, scale: str =
         raise ValueError(f"size {size}: ForgeryLab renders 32 to 256 px")
     out = Path(out_dir)
     js = out / f"{DATASET}.json"
-    key = settings_hash(size=size, seed=seed, scale=scale, version=2)
+    key = settings_hash(size=size, seed=seed, scale=scale, strength=STRENGTH, version=2)
     stamp = out / ".settings"
     if js.is_file() and stamp.is_file() and stamp.read_text() == key:
         return js
