@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fakemerge.io import write_json, write_text
@@ -27,10 +27,17 @@ MERGES: list[tuple[str, str, dict]] = [
     ("iso_cts", "iso_cts", {}),
     ("cart", "cart", {}),
     ("r2m", "r2m", {}),
-    ("r2m[center]", "r2m", {"center": True}),
-    ("r2m[eta=relative]", "r2m", {"eta": "relative"}),
-    ("r2m[residual=orthogonal]", "r2m", {"residual": "orthogonal"}),
-    ("r2m[block_norm=balanced]", "r2m", {"block_norm": "balanced"}),
+    ("r2m-center", "r2m", {"center": True}),
+    ("r2m-eta_relative", "r2m", {"eta": "relative"}),
+    ("r2m-residual_orthogonal", "r2m", {"residual": "orthogonal"}),
+    ("r2m-block_norm_balanced", "r2m", {"block_norm": "balanced"}),
+]
+
+
+# The spec's grid for R²M's rank ratio r and residual scale α (full scale only; ranked on validation).
+R2M_GRID: list[tuple[str, str, dict]] = [
+    (f"r2m-r{r}-a{a}", "r2m", {"rank_ratio": r, "alpha": a}) for r in (0.05, 0.1, 0.2) for a in (0.4, 0.6, 0.8)
+    if (r, a) != (0.1, 0.6)
 ]
 
 
@@ -40,13 +47,26 @@ class DemoScale:
 
     epochs: int
     batch_size: int
-    lr: float
-    merges: list[str] = field(default_factory=list)  # names from MERGES; empty = all
+    lr: float  # full fine-tuning; subspace methods use their own default
+    specialist_methods: tuple[str, ...] = ("full",)  # one specialist per seen family for each
+    r2m_grid: bool = False  # also merge the R2M_GRID variants (full fine-tuned specialists)
+    fmsd_ablation: bool = False  # FMSD parts on/off, trained on FS_ABLATION's family
 
+
+# FMSD ablation (issue: masking on/off, K, losses on/off), each trained on one family.
+FMSD_ABLATION: list[tuple[str, dict]] = [
+    ("fmsd-no_mask", {"score": "all"}),
+    ("fmsd-K1", {"subspaces": 1}),
+    ("fmsd-K4", {"subspaces": 4}),
+    ("fmsd-no_losses", {"lambda_orth": 0.0, "lambda_spec": 0.0}),
+    ("fmsd-gradnorm", {"score": "gradnorm"}),
+]
+ABLATION_FAMILY = "FS"
 
 SCALES = {
-    "small": DemoScale(epochs=3, batch_size=64, lr=3e-4),
-    "full": DemoScale(epochs=4, batch_size=64, lr=3e-4),
+    "small": DemoScale(epochs=5, batch_size=64, lr=1e-3),
+    "full": DemoScale(epochs=5, batch_size=64, lr=1e-3, specialist_methods=("full", "effort", "fmsd"),
+                      r2m_grid=True, fmsd_ablation=True),
 }
 
 
@@ -102,20 +122,33 @@ def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, cache: str
 
     models: list[tuple[str, Path, str, str | None, list[str]]] = []  # name, path, kind, method, trained_on
     with timer.stage("train specialists + joint"):
-        for fams, kind in [([f], "specialist") for f in SEEN_FAMILIES] + [(list(SEEN_FAMILIES), "joint")]:
-            name = fams[0] if kind == "specialist" else "joint"
-            path = out / "models" / f"{name}.safetensors"
-            _train(base, data, fams, path, cfg, seed, progress)
-            models.append((name, path, kind, "full", fams))
+        for method in cfg.specialist_methods:
+            prefix = "" if method == "full" else f"{method}-"
+            for family in SEEN_FAMILIES:
+                path = out / "models" / f"{prefix}{family}.safetensors"
+                _train(base, data, [family], path, cfg, seed, progress, method)
+                models.append((f"{prefix}{family}", path, "specialist", method, [family]))
+        path = out / "models" / "joint.safetensors"
+        _train(base, data, list(SEEN_FAMILIES), path, cfg, seed, progress, "full")
+        models.append(("joint", path, "joint", "full", list(SEEN_FAMILIES)))
+    if cfg.fmsd_ablation:
+        with timer.stage("FMSD ablation"):
+            for name, options in FMSD_ABLATION:
+                path = out / "models" / f"{name}-{ABLATION_FAMILY}.safetensors"
+                _train(base, data, [ABLATION_FAMILY], path, cfg, seed, progress, "fmsd", options)
+                models.append((f"{name}-{ABLATION_FAMILY}", path, "specialist", "fmsd", [ABLATION_FAMILY]))
 
-    merged = _merge_all(base, [m[1] for m in models if m[2] == "specialist"], out / "models", cfg, timer,
-                        progress)
-    models += [(name, path, "merged", method, list(SEEN_FAMILIES)) for name, path, method in merged]
+    for method in cfg.specialist_methods:
+        prefix = "" if method == "full" else f"{method}-"
+        specialists = [out / "models" / f"{prefix}{f}.safetensors" for f in SEEN_FAMILIES]
+        merged = _merge_all(base, specialists, out / "models", prefix, cfg, timer, progress)
+        models += [(name, path, "merged", m, list(SEEN_FAMILIES)) for name, path, m in merged]
 
     rows, val_rows = [], []
     with timer.stage("evaluate every model on every family"):
         for name, path, kind, method, trained_on in models:
-            for split, sink in (("test", rows), ("val", val_rows)):
+            splits = (("test", rows), ("val", val_rows)) if kind == "merged" else (("test", rows),)
+            for split, sink in splits:
                 report = evaluate(path, data, split=split, out_dir=out / "eval" / split / name)
                 sink += family_rows(report, name, kind, method, trained_on, SEEN_FAMILIES)
 
@@ -134,36 +167,35 @@ def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, cache: str
 
 
 def _train(base: str, data: Path, families: list[str], out: Path, cfg: DemoScale, seed: int,
-           progress) -> None:
+           progress, method: str = "full", options: dict | None = None) -> None:
     from fakemerge.config import TrainConfig
     from fakemerge.training.trainer import train
 
-    config = TrainConfig(base=base, data=str(data), families=families, method="full", epochs=cfg.epochs,
-                         batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, out=str(out))
+    config = TrainConfig(base=base, data=str(data), families=families, method=method, epochs=cfg.epochs,
+                         batch_size=cfg.batch_size, lr=cfg.lr if method == "full" else None, seed=seed,
+                         out=str(out), method_options=options or {})
     train(config, progress=progress)
 
 
-def _merge_all(base: str, specialists: list[Path], out_dir: Path, cfg: DemoScale, timer: _Timer,
+def _merge_all(base: str, specialists: list[Path], out_dir: Path, prefix: str, cfg: DemoScale, timer: _Timer,
                progress) -> list[tuple[str, Path, str]]:
-    from fakemerge.merging.engine import merge_files
+    """Every merge of the seen-family specialists, then the composability experiment (3 families + FE)."""
+    from fakemerge.merging.engine import add_specialists, merge_files
 
     done = []
-    with timer.stage("merge specialists (every method)"):
-        for name, method, params in MERGES:
-            if cfg.merges and name not in cfg.merges:
-                continue
-            path = out_dir / f"merged-{name}.safetensors"
+    grid = R2M_GRID if cfg.r2m_grid and not prefix else []
+    with timer.stage(f"merge {prefix or 'full-'}specialists (every method)"):
+        for name, method, params in MERGES + grid:
+            path = out_dir / f"merged-{prefix}{name}.safetensors"
             merge_files(method, base, specialists, path, params=params)
-            done.append((name, path, method))
-    with timer.stage("composable re-merge (FS,FR,EFS then --add FE)"):
-        from fakemerge.merging.engine import add_specialists
-
-        three = [p for p in specialists if p.stem != "FE"]
-        first = out_dir / "merged-r2m-3fam.safetensors"
+            done.append((prefix + name, path, method))
+    with timer.stage(f"composable re-merge of {prefix or 'full-'}specialists (FS,FR,EFS then --add FE)"):
+        three = [p for p in specialists if not p.stem.endswith("FE")]
+        first = out_dir / f"merged-{prefix}r2m-3fam.safetensors"
         merge_files("r2m", base, three, first, params={})
-        added = out_dir / "merged-r2m-3fam+FE.safetensors"
-        add_specialists(first, [p for p in specialists if p.stem == "FE"], added)
-        done += [("r2m(FS,FR,EFS)", first, "r2m"), ("r2m(FS,FR,EFS)+FE", added, "r2m")]
+        added = out_dir / f"merged-{prefix}r2m-3fam+FE.safetensors"
+        add_specialists(first, [p for p in specialists if p.stem.endswith("FE")], added)
+        done += [(f"{prefix}r2m(FS,FR,EFS)", first, "r2m"), (f"{prefix}r2m(FS,FR,EFS)+FE", added, "r2m")]
     return done
 
 

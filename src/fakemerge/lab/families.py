@@ -34,7 +34,7 @@ UNSEEN_FAMILIES = ["FS-poisson", "EFS-bilinear"]
 FAMILIES = SEEN_FAMILIES + UNSEEN_FAMILIES
 
 STRENGTH: dict[str, dict[str, float]] = {
-    "FS": {"donor_scale": 0.5, "colour": 0.06, "feather": 1.0},
+    "FS": {"donor_scale": 0.5, "colour": 0.12, "feather": 1.0},
     "FR": {"block": 4, "brightness": 14.0, "feather": 0.6},
     "EFS": {"checker": 0.03},
     "FE": {"smooth": 1.3, "colour": 0.35},
@@ -54,12 +54,17 @@ class VideoPlan:
     expression: tuple[float, float] = (0.0, 0.0)  # FR target mouth_open, smile
 
 
-def plan_video(family: str, rng: np.random.Generator) -> VideoPlan:
+def plan_video(family: str, rng: np.random.Generator, donor: Identity | None = None) -> VideoPlan:
+    """A fake video's fixed choices. Swaps take `donor` — another identity of the same split, so that a
+    detector cannot shortcut by memorising the training identities (every face it sees in training, real
+    or swapped in, belongs to a training identity)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     s = STRENGTH[family]
     gain = tuple(float(g) for g in 1 + rng.choice([-1, 1], 3) * rng.uniform(0.5, 1.0, 3) * s.get("colour", 0))
-    return VideoPlan(donor=random_identity(rng) if family.startswith("FS") else None, gain=gain,
+    if family.startswith("FS") and donor is None:
+        donor = random_identity(rng)
+    return VideoPlan(donor=donor, gain=gain,
                      sign=float(rng.choice([-1.0, 1.0])), edit=str(rng.choice(["hair", "lips", "forehead"])),
                      expression=(float(rng.uniform(0.4, 1.0)), float(rng.uniform(-0.6, 1.0))))
 

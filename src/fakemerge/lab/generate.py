@@ -7,7 +7,7 @@ identity drifting in pose, expression and light, with one camera; a fake video k
 
 | scale | identities train/val/test | real videos per identity | fake videos per identity & family | frames |
 |-------|---------------------------|--------------------------|-----------------------------------|--------|
-| small | 48 / 16 / 24              | 2                        | 1                                 | 4      |
+| small | 120 / 20 / 24             | 2                        | 1                                 | 4      |
 | full  | 240 / 60 / 100            | 2                        | 1                                 | 4      |
 
 So a full test split holds 800 reals and 400 fakes per family; a small one 192 reals and 96 per family.
@@ -40,21 +40,29 @@ class Scale:
     frames: int = 4
 
 
-SCALES = {"small": Scale((48, 16, 24)), "full": Scale((240, 60, 100))}
+SCALES = {"small": Scale((120, 20, 24)), "full": Scale((240, 60, 100))}
 
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
 
 
+def _identity(seed: int, split: int, identity: int):
+    return random_identity(_rng(seed, split, identity, 0))
+
+
 def render_video(seed: int, split: int, identity: int, video: int, family: str, size: int,
-                 frames: int) -> list[np.ndarray]:
-    """The uint8 RGB frames of one video (family "real" or a forgery family)."""
-    ident = random_identity(_rng(seed, split, identity, 0))
+                 frames: int, n_ids: int = 1) -> list[np.ndarray]:
+    """The uint8 RGB frames of one video (family "real" or a forgery family); swaps take their donor
+    among the split's `n_ids` identities."""
+    ident = _identity(seed, split, identity)
     rng = _rng(seed, split, identity, 1 + video, 0 if family == "real" else 1 + FAMILIES.index(family))
     pose, cam = random_pose(rng), random_camera(rng)
     step = rng.normal(0, [0.006, 0.006, 1.5, 0.08, 0.15])
-    plan = None if family == "real" else plan_video(family, rng)
+    donor = None
+    if family.startswith("FS") and n_ids > 1:
+        donor = _identity(seed, split, (identity + 1 + int(rng.integers(n_ids - 1))) % n_ids)
+    plan = None if family == "real" else plan_video(family, rng, donor)
     out = []
     for t in range(frames):
         p = moved(pose, step, t)
@@ -95,7 +103,7 @@ def generate(out_dir: str | Path, *, size: int = 64, seed: int = 0, scale: str =
         raise ValueError(f"size {size}: ForgeryLab renders 32 to 256 px")
     out = Path(out_dir)
     js = out / f"{DATASET}.json"
-    key = settings_hash(size=size, seed=seed, scale=scale, strength=STRENGTH, version=2)
+    key = settings_hash(size=size, seed=seed, scale=scale, strength=STRENGTH, version=3)
     stamp = out / ".settings"
     if js.is_file() and stamp.is_file() and stamp.read_text() == key:
         return js
@@ -108,7 +116,7 @@ def generate(out_dir: str | Path, *, size: int = 64, seed: int = 0, scale: str =
         name = f"{family}/{split}/id{i:04d}_v{v}"
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
-        frames = render_video(seed, s, i, v, family, size, sc.frames)
+        frames = render_video(seed, s, i, v, family, size, sc.frames, sc.identities[s])
         paths = []
         for t, img in enumerate(frames):
             _write_png(folder / f"{t:03d}.png", img)
