@@ -229,7 +229,7 @@ def draw_face(img: np.ndarray, ident: Identity, pose: Pose) -> None:
 def render(ident: Identity, pose: Pose, size: int) -> np.ndarray:
     """A clean (pre-camera) image: float32 HxWx3 RGB in 0..255, drawn at SS x size and area-downscaled."""
     px = size * SS
-    img = _background(pose, px)
+    img = cv2.resize(_background(pose, size), (px, px), interpolation=cv2.INTER_LINEAR)  # smooth: no detail lost
     draw_face(img, ident, pose)
     small = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
     x, y = _grid(size)
