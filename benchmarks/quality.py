@@ -31,7 +31,7 @@ def mean_seen(rows: list[dict], model: str) -> float:
 def select_on_val(val_rows: list[dict], prefix: str) -> tuple[str, dict[str, float]]:
     """The variant whose name starts with `prefix` with the best mean seen-family AUC on validation."""
     scores = {m: mean_seen(val_rows, m) for m in dict.fromkeys(r["model"] for r in val_rows)
-              if m.startswith(prefix)}
+              if m.startswith(prefix) and "(" not in m}
     return max(scores, key=scores.get), scores
 
 

@@ -336,3 +336,16 @@ def test_progress_reports_both_stages(tiny_base, specs, tmp_path):
     )
     n = len(LazyState(tiny_base))
     assert calls[0] == ("scan", 1, n) and ("scan", n, n) in calls and calls[-1] == ("merge", n, n)
+
+
+def test_add_specialists_rebuilds_the_stored_recipe_plus_the_new_one(tiny_base, specs, tmp_path):
+    from fakemerge.merging.engine import add_specialists
+
+    two = merge_files("r2m", tiny_base, specs[:2], tmp_path / "two.safetensors", params={"alpha": 0.4}).out
+    added = add_specialists(two, [specs[2]], tmp_path / "added.safetensors")
+    direct = merge_files("r2m", tiny_base, specs, tmp_path / "direct.safetensors", params={"alpha": 0.4})
+    ta, td = load_file(str(added.out)), load_file(str(direct.out))
+    assert ta.keys() == td.keys() and all(torch.equal(ta[k], td[k]) for k in ta)
+    assert added.meta.recipe["parameters"]["alpha"] == 0.4 and len(added.meta.recipe["models"]) == 3
+    with pytest.raises(InputError, match="already part"):
+        add_specialists(two, [specs[0]], tmp_path / "dup.safetensors")

@@ -30,7 +30,7 @@ from fakemerge.models.backbone import tiny_config
 
 SETTINGS = {  # identities, images per identity, epochs
     "small": {"identities": 160, "per_identity": 24, "epochs": 6, "lr": 1e-3},
-    "full": {"identities": 400, "per_identity": 32, "epochs": 10, "lr": 1e-3},
+    "full": {"identities": 320, "per_identity": 24, "epochs": 6, "lr": 1e-3},
 }
 JPEG_BINS = (70, 77, 84, 91)  # lower edges of the 4 quality bins (camera JPEG is 70..95)
 NOISE_BINS = (1.0, 1.75, 2.5, 3.25)
