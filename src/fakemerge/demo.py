@@ -67,7 +67,7 @@ SUBSPACE_MERGES = {"average", "task_arithmetic", "ties", "tsv", "cart", "r2m"}
 ABLATION_FAMILY = "FS"
 
 SCALES = {
-    "small": DemoScale(epochs=4, batch_size=64),
+    "small": DemoScale(epochs=3, batch_size=64),
     "full": DemoScale(epochs=3, batch_size=64, specialist_methods=("full", "effort", "fmsd"),
                       r2m_grid=True, fmsd_ablation=True),
 }
@@ -153,7 +153,8 @@ def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, cache: str
             on_val = kind == "merged" and name.startswith("r2m") and "(" not in name  # ranks R²M's options
             splits = (("test", rows), ("val", val_rows)) if on_val else (("test", rows),)
             for split, sink in splits:
-                report = evaluate(path, data, split=split, out_dir=out / "eval" / split / name)
+                report = evaluate(path, data, split=split, out_dir=out / "eval" / split / name,
+                                  roc=split == "test" and kind != "merged")
                 sink += family_rows(report, name, kind, method, trained_on, SEEN_FAMILIES)
 
     with timer.stage("detect (merged r2m on test frames)"):

@@ -113,8 +113,8 @@ def evaluate(model: str | os.PathLike | Detector, data: str | os.PathLike, *, sp
              out_dir: str | os.PathLike, families: list[str] | None = None, video_agg: str = "mean",
              k: int = 3, batch_size: int = 128, root: str | os.PathLike | None = None,
              progress: Progress | None = None, device: str | torch.device | None = None,
-             name: str | None = None) -> dict:
-    """Evaluate one model on one split; writes predictions.csv, report.json, report.md and roc.png.
+             name: str | None = None, roc: bool = True) -> dict:
+    """Evaluate one model on one split; writes predictions.csv, report.json, report.md and (`roc`) roc.png.
 
     Returns the report dict (overall + per-family frame metrics and video AUC, skipped images, settings).
     """
@@ -149,9 +149,10 @@ def evaluate(model: str | os.PathLike | Detector, data: str | os.PathLike, *, sp
         **report_from_predictions(pred, video_agg=video_agg, k=k),
     }
     write_report(report, out)
-    curves = {f"{fam} (AUC {_fmt(report['families'][fam]['auc'])})": _family_curve(pred, fam)
-              for fam in report["families"]}
-    roc_plot(curves, out / "roc.png", title=f"{name} — {split}")
+    if roc:
+        curves = {f"{fam} (AUC {_fmt(report['families'][fam]['auc'])})": _family_curve(pred, fam)
+                  for fam in report["families"]}
+        roc_plot(curves, out / "roc.png", title=f"{name} — {split}")
     return report
 
 

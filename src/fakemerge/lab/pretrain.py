@@ -29,7 +29,7 @@ from fakemerge.lab.render import finish, random_camera, random_identity, random_
 from fakemerge.models.backbone import tiny_config
 
 SETTINGS = {  # identities, images per identity, epochs
-    "small": {"identities": 160, "per_identity": 24, "epochs": 6, "lr": 1e-3},
+    "small": {"identities": 160, "per_identity": 24, "epochs": 5, "lr": 1e-3},
     "full": {"identities": 320, "per_identity": 24, "epochs": 6, "lr": 1e-3},
 }
 JPEG_BINS = (70, 77, 84, 91)  # lower edges of the 4 quality bins (camera JPEG is 70..95)
