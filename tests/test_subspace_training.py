@@ -16,9 +16,9 @@ ATTN = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 def _config(tiny_base, tiny_data, out, method, **kw):
-    options = kw.pop("method_options", {})
-    return TrainConfig(base=str(tiny_base), data=str(tiny_data), families=["FS"], out=str(out), method=method,
-                       method_options=options, epochs=2, batch_size=8, num_workers=0, seed=0, **kw)
+    settings = dict(base=str(tiny_base), data=str(tiny_data), families=["FS"], out=str(out), method=method,
+                    epochs=2, batch_size=8, num_workers=0, seed=0)
+    return TrainConfig(**{**settings, **kw})
 
 
 def _changed_ranks(tiny_base, path) -> dict[str, int]:
@@ -76,7 +76,8 @@ def test_fmsd_specialist_differs_only_in_selected_layers_rank_at_most_2kd(tiny_b
 
 def test_fmsd_rejects_bad_options(tiny_base, tiny_data, tmp_path):
     for bad, match in (({"rank": 0}, "rank"), ({"bogus": 1}, "bogus"), ({"score": "magic"}, "score"),
-                       ({"rescore_every_epoch": True}, "not supported"), ({"rank": 40}, "rank")):
+                       ({"rescore_every_epoch": True, "score": "random"}, "rescore_every_epoch"),
+                       ({"rank": 40}, "rank")):
         with pytest.raises(InputError, match=match):
             train(_config(tiny_base, tiny_data, tmp_path / "x.safetensors", "fmsd",
                           method_options={"warmup_steps": 0, **bad}))
@@ -84,8 +85,51 @@ def test_fmsd_rejects_bad_options(tiny_base, tiny_data, tmp_path):
         train(_config(tiny_base, tiny_data, tmp_path / "x.safetensors", "effort", method_options={"rank": 2}))
 
 
+RESCORE = {"rescore_every_epoch": True, "subspaces": 2, "rank": 2, "probe_batches": 3, "warmup_steps": 5,
+           "include_mlp": True}
+
+
+def test_fmsd_rescoring_trains_each_epochs_selection_and_resets_the_rest(tiny_base, tiny_data, tmp_path):
+    out = tmp_path / "rescore.safetensors"
+    # No validation: the last epoch is kept. Weight decay must not move masked layers either.
+    result = train(_config(tiny_base, tiny_data, out, "fmsd", method_options=RESCORE, lr=1e-2, epochs=3,
+                           val_split=None, weight_decay=0.1))
+    selections = [h["selected_layers"] for h in result.history]
+    assert len(selections) == 3 and all(len(s) == 6 for s in selections)
+    assert all(len(h["layer_scores"]) == 12 for h in result.history)
+    meta = read_meta(out)
+    final = meta.extra["selected_layers"]
+    assert final == selections[-1] and meta.extra["layer_scores"] == result.history[-1]["layer_scores"]
+    ranks = _changed_ranks(tiny_base, out)
+    assert set(ranks) == {n + ".weight" for n in final}  # everything else is bit-identical to the base
+    assert all(1 <= r <= 2 * 2 * 2 for r in ranks.values())
+    deselected = set(selections[0] + selections[1]) - set(final)
+    assert deselected  # trained for an epoch or two, then reset: bit-identical to the base above
+    assert set(selections[1]) - set(selections[0]), "no layer entered the selection on re-scoring"
+    assert out.with_suffix(".layers.png").stat().st_size > 0
+
+
 class Killed(Exception):
     pass
+
+
+def test_fmsd_rescoring_resumes_after_a_kill_with_identical_results(tiny_base, tiny_data, tmp_path):
+    straight, resumed = tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors"
+    first = train(_config(tiny_base, tiny_data, straight, "fmsd", method_options=RESCORE, lr=1e-2, epochs=3))
+
+    def kill_after_second_epoch(event, **info):
+        if event == "epoch" and info["epoch"] == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(_config(tiny_base, tiny_data, resumed, "fmsd", method_options=RESCORE, lr=1e-2, epochs=3),
+              progress=kill_after_second_epoch)
+    again = train(_config(tiny_base, tiny_data, resumed, "fmsd", method_options=RESCORE, lr=1e-2, epochs=3,
+                          resume=True))
+    assert again.history == first.history  # per-epoch selections and scores included
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_meta(straight).extra == read_meta(resumed).extra
 
 
 def test_fmsd_resumes_after_a_kill_with_identical_results(tiny_base, tiny_data, tmp_path):

@@ -5,6 +5,12 @@ It may restructure the detector in place (e.g. inject subspace layers); `finaliz
 back into a plain Detector (e.g. densify) and returns metadata to store in the model file. Every parameter
 not in `Prepared.params` must end with requires_grad False and stay bit-identical.
 
+Optional hooks, both run identically on every process: `on_epoch(epoch, optimizer)` at the start of each
+epoch (e.g. re-select layers), returning a dict that is recorded in the epoch's history record — and the
+chosen epoch's dict is added to the model's metadata, since it describes the saved weights; `before_step()`
+between backward and the optimizer step (e.g. drop the gradients of masked parameters, so AdamW — weight
+decay included — leaves them alone; masking by requires_grad would break DDP).
+
 Built in: `full` (backbone + head) and `linear` (head only). Subspace methods (effort, fmsd) live in
 `fakemerge.training.subspace_methods`, imported on first lookup if it exists — no edit here needed.
 """
@@ -31,6 +37,8 @@ class Prepared:
     aux_loss: Callable[[], torch.Tensor] | None = None
     finalize: Callable[[Detector], dict] = field(default=lambda detector: {})
     info: dict = field(default_factory=dict)
+    on_epoch: Callable[[int, torch.optim.Optimizer], dict] | None = None
+    before_step: Callable[[], None] | None = None
 
 
 MethodFn = Callable[[Detector, dict, Iterable], Prepared]

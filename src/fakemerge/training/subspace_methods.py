@@ -5,7 +5,8 @@ effort: K = 1, d = 1 on every attention projection; CE only by default (as Effor
 fmsd:   forgery-aware layer masking (score candidates on probe batches after a head warm-up, keep the top
         ρ or top-k) + K artifact subspaces of rank d in the selected layers + orthogonality and spectral
         losses. Defaults (K=2, d=4, ρ=0.5, gsnr, λ_orth=λ_spec=0.1) are provisional, to be re-chosen on
-        validation.
+        validation. With rescore_every_epoch, every candidate carries subspaces and the selection is
+        re-made at the start of each epoch from the artifact parameters' own gradients (`_LayerMask`).
 Both densify in `finalize`, so a specialist is an ordinary checkpoint of the base architecture whose
 task vector is nonzero only in decomposed layers, with rank ≤ 2·K·d per matrix.
 """
@@ -64,8 +65,8 @@ class FmsdOptions(EffortOptions):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.rescore_every_epoch:
-            raise ValueError("rescore_every_epoch is not supported yet (the trainer has no epoch hook)")
+        if self.rescore_every_epoch and (self.score not in ("gsnr", "gradnorm") or self.layers is not None):
+            raise ValueError("rescore_every_epoch needs score gsnr or gradnorm and no explicit layers")
         if self.subspaces < 1 or self.rank < 1 or self.probe_batches < 2 or self.warmup_steps < 0:
             raise ValueError("subspaces and rank must be >= 1, probe_batches >= 2, warmup_steps >= 0")
         if not 0 < self.layer_ratio <= 1:
@@ -128,16 +129,17 @@ def _ce(detector: Detector, batch) -> torch.Tensor:
 
 
 def _choose_layers(detector: Detector, opts: FmsdOptions, candidates: list[str],
-                   probe_loader: Iterable) -> tuple[list[str], dict[str, float]]:
-    """Selected candidate names (relative to the backbone) and every candidate's score."""
+                   probe_loader: Iterable) -> tuple[list[str], dict[str, float], list]:
+    """Selected candidate names (relative to the backbone), every candidate's score, the probe batches."""
     by_canonical = {canonical_name(n): n for n in candidates}
     if opts.layers is not None:
         unknown = [n for n in opts.layers if n not in by_canonical]
         if unknown or not opts.layers:
             raise InputError(f"--method fmsd option layers: not candidate layers: {unknown[:3] or '[]'}")
-        return [n for n in candidates if canonical_name(n) in set(opts.layers)], {}
+        return [n for n in candidates if canonical_name(n) in set(opts.layers)], {}, []
     if opts.score == "all":  # every candidate, whatever the ratio (with attention only: Effort's layers)
-        return list(candidates), {}
+        return list(candidates), {}, []
+    batches = []
     if opts.score == "random":
         scores = gradient_scores(detector.backbone, candidates, _ce, [], opts.score, seed=opts.seed)
     else:
@@ -149,15 +151,18 @@ def _choose_layers(detector: Detector, opts: FmsdOptions, candidates: list[str],
                                  opts.score)
         detector.train(was_training)
     selected = select_layers(scores, ratio=opts.layer_ratio, top_k=opts.top_k)
-    return selected, scores
+    return selected, scores, batches
 
 
 def _prepare(detector: Detector, layers: list[str], opts: EffortOptions, subspaces: int, rank: int,
-             lambdas: dict[str, float], extra: dict) -> Prepared:
+             lambdas: dict[str, float], extra: dict, mask: _LayerMask | None = None) -> Prepared:
+    """Inject subspaces into `layers` (with a mask: into all its candidates, training only the selected)."""
     freeze_all_but(detector, [])
     backbone_size = sum(p.numel() for p in detector.backbone.parameters())  # before the SVD split
+    targets = layers if mask is None else mask.candidates
+    originals = {n: detector.backbone.get_submodule(n) for n in targets}  # kept only by a mask
     try:
-        inject_subspaces(detector.backbone, ATTENTION + MLP, subspaces=subspaces, rank=rank, layers=layers,
+        inject_subspaces(detector.backbone, ATTENTION + MLP, subspaces=subspaces, rank=rank, layers=targets,
                          keep_basis=opts.lambda_orthonormal > 0)
     except ValueError as e:
         raise InputError(f"--subspaces/--rank: {e}") from None
@@ -168,14 +173,19 @@ def _prepare(detector: Detector, layers: list[str], opts: EffortOptions, subspac
              "energy": energy_loss}
     active = {k: w for k, w in lambdas.items() if w}
     decomposed = nn.ModuleList(subspace_layers(detector.backbone).values())  # not a tree walk per step
+    if mask is not None:
+        mask.attach(detector, originals)
 
     def aux_loss() -> torch.Tensor:
-        return sum(w * terms[k](decomposed) for k, w in active.items())
+        trained = decomposed if mask is None else mask.selected_modules  # masked layers do not train
+        return sum(w * terms[k](trained) for k, w in active.items())
 
     meta = {"selected_layers": [canonical_name(n) for n in layers], "subspaces": subspaces, "rank": rank,
             **extra}
 
     def finalize(model: Detector) -> dict:
+        if mask is not None:
+            mask.restore_untouched(model)
         densify(model.backbone)
         for p in model.parameters():
             p.requires_grad_(False)
@@ -185,7 +195,70 @@ def _prepare(detector: Detector, layers: list[str], opts: EffortOptions, subspac
     info = {"trainable_params": trainable, "backbone_params": backbone_size,
             "trainable_percent": 100.0 * trainable / backbone_size,
             "selected_layers": meta["selected_layers"]}
-    return Prepared(params=params, aux_loss=aux_loss if active else None, finalize=finalize, info=info)
+    hooks = {"on_epoch": mask.on_epoch, "before_step": mask.before_step} if mask is not None else {}
+    return Prepared(params=params, aux_loss=aux_loss if active else None, finalize=finalize, info=info,
+                    **hooks)
+
+
+class _LayerMask:
+    """Layer masking re-scored every epoch. Every candidate carries subspaces; only the selected ones train.
+
+    An unselected layer keeps its initial U, s, V: its gradients are dropped before each optimizer step, and
+    a layer that leaves the selection is reset to its initial values with its optimizer state cleared (so
+    one that re-enters starts from its init). Each epoch's selection is a function of the trainable tensors
+    and the fixed probe batches alone, so a resumed run re-makes it exactly. `finalize` puts the original
+    Linear back in every layer still at its init: the specialist equals the base there bit for bit.
+    """
+
+    def __init__(self, candidates: list[str], selected: list[str], scores: dict[str, float], batches: list,
+                 opts: FmsdOptions):
+        self.candidates, self.selected, self.scores = candidates, selected, scores
+        self.batches, self.opts = batches, opts
+
+    def attach(self, detector: Detector, originals: dict[str, nn.Linear]) -> None:
+        self.detector, self.originals = detector, originals
+        self.layers = {n: detector.backbone.get_submodule(n) for n in self.candidates}
+        self.init = {n: [p.detach().clone() for p in layer.parameters()] for n, layer in self.layers.items()}
+        self._apply()
+
+    def _apply(self) -> None:
+        chosen = set(self.selected)
+        self.selected_modules = nn.ModuleList(self.layers[n] for n in self.selected)
+        self.masked = [p for n, layer in self.layers.items() if n not in chosen for p in layer.parameters()]
+
+    def on_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> dict:
+        if epoch > 0:  # epoch 0 trains the selection made at preparation
+            self._rescore(optimizer)
+        return {"selected_layers": [canonical_name(n) for n in self.selected],
+                "layer_scores": {canonical_name(n): s for n, s in self.scores.items()}}
+
+    def _rescore(self, optimizer: torch.optim.Optimizer) -> None:
+        detector = self.detector
+        device = next(detector.parameters()).device
+        batches = [(x.to(device), y.to(device)) for x, y in self.batches]
+        was_training = detector.training
+        detector.eval()
+        self.scores = gradient_scores(detector.backbone, self.candidates, lambda _, b: _ce(detector, b),
+                                      batches, self.opts.score)
+        detector.train(was_training)
+        self.selected = select_layers(self.scores, ratio=self.opts.layer_ratio, top_k=self.opts.top_k)
+        self._apply()
+        with torch.no_grad():  # every unselected layer back to its init (a no-op for those already there)
+            for n in set(self.candidates) - set(self.selected):
+                for p, p0 in zip(self.layers[n].parameters(), self.init[n], strict=True):
+                    p.copy_(p0)
+                    optimizer.state.pop(p, None)
+
+    def before_step(self) -> None:
+        for p in self.masked:
+            p.grad = None
+
+    def restore_untouched(self, model: Detector) -> None:
+        for n, layer in self.layers.items():
+            params = layer.parameters()
+            if all(torch.equal(p.detach().cpu(), p0) for p, p0 in zip(params, self.init[n], strict=True)):
+                parent, _, child = n.rpartition(".")
+                setattr(model.backbone.get_submodule(parent), child, self.originals[n].to(layer.U.device))
 
 
 @register_method("effort", default_lr=2e-4)
@@ -203,9 +276,10 @@ def fmsd(detector: Detector, options: dict, probe_loader: Iterable) -> Prepared:
     opts = _parse(FmsdOptions, "fmsd", options)
     candidates = linear_names(detector.backbone, ATTENTION + MLP if opts.include_mlp else ATTENTION)
     freeze_all_but(detector, [])
-    selected, scores = _choose_layers(detector, opts, candidates, probe_loader)
+    selected, scores, batches = _choose_layers(detector, opts, candidates, probe_loader)
     lambdas = {"orth": opts.lambda_orth, "spec": opts.lambda_spec, "orthonormal": opts.lambda_orthonormal,
                "energy": opts.lambda_energy}
     extra = {"score": opts.score if opts.layers is None else "given",
              "layer_scores": {canonical_name(n): s for n, s in scores.items()}}
-    return _prepare(detector, selected, opts, opts.subspaces, opts.rank, lambdas, extra)
+    mask = _LayerMask(candidates, selected, scores, batches, opts) if opts.rescore_every_epoch else None
+    return _prepare(detector, selected, opts, opts.subspaces, opts.rank, lambdas, extra, mask)

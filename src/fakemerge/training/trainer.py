@@ -82,6 +82,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
 
     optimizer = torch.optim.AdamW(prepared.params, lr=config.lr or method.default_lr,
                                   weight_decay=config.weight_decay)
+    torch_optimizer = optimizer  # accelerate wraps it; methods' epoch hooks get the plain one
     model, optimizer, train_loader, val_loader = accelerator.prepare(detector, optimizer, train_loader,
                                                                      val_loader)
     steps = len(train_loader) if config.max_steps_per_epoch is None else min(len(train_loader),
@@ -89,7 +90,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     scheduler = _scheduler(optimizer, config.schedule, steps * config.epochs)
 
     history: list[dict] = []
-    best = {"epoch": None, "val": {}, "tensors": _trainable_state(detector, trainable_names)}
+    best = {"epoch": None, "val": {}, "tensors": _trainable_state(detector, trainable_names), "info": {}}
     start = 0
     saved = checkpoint.load(ckpt) if config.resume else None
     if saved is not None:
@@ -100,7 +101,8 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         optimizer.load_state_dict(saved.optim["optimizer"])
         scheduler.load_state_dict(saved.optim["scheduler"])
         history = saved.state["history"]
-        best = {"epoch": saved.state["best_epoch"], "val": saved.state["best_val"], "tensors": saved.best}
+        best = {"epoch": saved.state["best_epoch"], "val": saved.state["best_val"], "tensors": saved.best,
+                "info": saved.state.get("best_info", {})}
         start = saved.epochs_done
         emit("note", message=f"resumed from {ckpt} after epoch {start}")
     elif config.resume:
@@ -112,18 +114,20 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         train_loader.set_epoch(epoch)  # accelerate's loader re-seeds its sampler from its own epoch count
-        train_loss = _train_epoch(model, train_loader, optimizer, scheduler, prepared.aux_loss, steps,
+        info = prepared.on_epoch(epoch, torch_optimizer) if prepared.on_epoch is not None else {}
+        train_loss = _train_epoch(model, train_loader, optimizer, scheduler, prepared, steps,
                                   accelerator, train_set, emit, epoch)
         val = _evaluate(model, val_loader, accelerator, val_set, emit) if val_records else {}
         record = {"epoch": epoch + 1, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()},
-                  "lr": optimizer.param_groups[0]["lr"]}
+                  "lr": optimizer.param_groups[0]["lr"], **info}
         if _better(val, best["val"], config.select_metric) or not val_records:
-            best = {"epoch": epoch + 1, "val": val, "tensors": _trainable_state(detector, trainable_names)}
+            best = {"epoch": epoch + 1, "val": val, "tensors": _trainable_state(detector, trainable_names),
+                    "info": info}
         record["selected"] = best["epoch"]
         history.append(record)
         if main:
             state = {"recipe": config.recipe(), "history": history, "best_epoch": best["epoch"],
-                     "best_val": best["val"]}
+                     "best_val": best["val"], "best_info": best["info"]}
             checkpoint.save(ckpt, epoch + 1, _trainable_state(detector, trainable_names), best["tensors"],
                             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, state)
             _write_log(out, history)
@@ -138,6 +142,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
                  "trainable_params": n_trainable, "skipped": len(skipped),
                  "processes": accelerator.num_processes}
         extra.update(prepared.finalize(detector) or {})
+        extra.update(best["info"])  # what the method's epoch hook said about the saved weights
         meta = ModelMeta(kind="specialist" if len(config.families) == 1 else "joint", method=config.method,
                          families=list(config.families), base_id=base_id, base_hash=base_hash,
                          recipe=config.recipe(), extra=extra)
@@ -195,7 +200,7 @@ def _scheduler(optimizer, schedule: str, total_steps: int):
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1))))
 
 
-def _train_epoch(model, loader, optimizer, scheduler, aux_loss, steps, accelerator, dataset, emit, epoch):
+def _train_epoch(model, loader, optimizer, scheduler, prepared, steps, accelerator, dataset, emit, epoch):
     model.train()
     total = torch.zeros(2)
     for step, batch in enumerate(loader):
@@ -205,8 +210,10 @@ def _train_epoch(model, loader, optimizer, scheduler, aux_loss, steps, accelerat
         _note_skipped(accelerator, dataset, bad, emit)
         # A batch of only unreadable images gets a zero loss, which keeps DDP processes in step.
         ce = F.cross_entropy(model(pixels), labels) if len(labels) else model(batch[0][:1]).sum() * 0
-        loss = ce if aux_loss is None else ce + aux_loss()
+        loss = ce if prepared.aux_loss is None else ce + prepared.aux_loss()
         accelerator.backward(loss)
+        if prepared.before_step is not None:
+            prepared.before_step()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
