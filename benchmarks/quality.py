@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from transformers.utils import logging as hf_logging
 
 from fakemerge.demo import ABLATION_FAMILY, FMSD_ABLATION, run_demo
 from fakemerge.evaluation.report import results_markdown
@@ -60,6 +61,31 @@ def _section(title: str, rows: list[dict], note: str = "") -> list[str]:
     return [f"## {title}", "", note, "", results_markdown(rows)] if rows else []
 
 
+def _findings(rows: list[dict], out: Path) -> list[str]:
+    """Computed, not written by hand: where R²M ranks and the diagnostics that explain it."""
+    kinds = {r["model"]: r["kind"] for r in rows}
+    full_merges = [m for m, k in kinds.items() if k == "merged" and "(" not in m
+                   and not m.startswith(("effort-", "fmsd-"))]
+    ranked = sorted(full_merges, key=lambda m: -mean_seen(rows, m))
+    extra = read_meta(out / "models" / "merged-r2m.safetensors").extra
+    cos = extra["task_cosine"]
+    off = [c for i, row in enumerate(cos) for j, c in enumerate(row) if i < j]
+    energy = extra.get("diagnostics", {}).get("r2m_core_energy", {})
+    mean_energy = sum(energy.values()) / len(energy) if energy else float("nan")
+    return ["## Findings (computed from the tables)", "",
+            f"- Best merge of the full fine-tuned specialists: **{ranked[0]}** "
+            f"({mean_seen(rows, ranked[0]):.3f} mean seen AUC); R²M with default options ranks "
+            f"{ranked.index('r2m') + 1} of {len(ranked)} ({mean_seen(rows, 'r2m'):.3f}); plain averaging "
+            f"{mean_seen(rows, 'average'):.3f}; joint training {mean_seen(rows, 'joint'):.3f}.",
+            f"- The specialists' task vectors are nearly orthogonal (pairwise cosine {min(off):.2f}–{max(off):.2f})"
+            f" and R²M's rank-1 real core holds on average {mean_energy:.0%} of a tensor's task-vector "
+            "energy: there is little shared 'Real' direction for the core to capture, and R²M lands next to "
+            "plain averaging. The paper's premise (a dominant shared Real component) is not what this "
+            "benchmark's specialists show; see the diagnostics below.",
+            f"- Best AUC of any model on an unseen family: {max(r['auc'] for r in rows if not r['seen']):.3f}: "
+            "merging does not create generalisation the specialists lack.", ""]
+
+
 def build_doc(out: Path, doc: Path, scale: str, seconds: float) -> str:
     rows = json.loads((out / "results.json").read_text())
     val_rows = json.loads((out / "results_val.json").read_text())
@@ -102,6 +128,7 @@ def build_doc(out: Path, doc: Path, scale: str, seconds: float) -> str:
         parts += _section(f"Merged detectors from the four {label} specialists", merged)
         parts += ["Ranking by mean seen-family test AUC: " + ", ".join(f"{m} {v:.3f}" for v, m in ranked) + ".",
                   ""]
+    parts += _findings(rows, out)
     best, val_scores = select_on_val(val_rows, "r2m")
     parts += ["## R²M options chosen on validation", "",
               "Mean seen-family AUC on the **validation** split per R²M variant (full fine-tuned specialists): "
@@ -132,6 +159,7 @@ def main() -> None:
     ap.add_argument("--doc", type=Path, default=Path("docs/results.md"))
     ap.add_argument("--reuse", action="store_true", help="Only rebuild the document from an existing run.")
     args = ap.parse_args()
+    hf_logging.disable_progress_bar()
     t0 = time.perf_counter()
     if not args.reuse:
         run_demo(args.out, scale=args.scale, log=console.print)
