@@ -19,6 +19,7 @@ from transformers.utils import logging as hf_logging
 
 from fakemerge.demo import ABLATION_FAMILY, FMSD_ABLATION, run_demo
 from fakemerge.evaluation.report import results_markdown
+from fakemerge.merging import method_defaults
 from fakemerge.models.detector import read_meta
 
 console = Console()
@@ -133,7 +134,11 @@ def build_doc(out: Path, doc: Path, scale: str, seconds: float) -> str:
     parts += ["## R²M options chosen on validation", "",
               "Mean seen-family AUC on the **validation** split per R²M variant (full fine-tuned specialists): "
               + ", ".join(f"{m} {v:.3f}" for m, v in sorted(val_scores.items(), key=lambda kv: -kv[1]))
-              + f". Selected: **{best}** (its test mean seen AUC: {mean_seen(rows, best):.3f}).", ""]
+              + f". Selected: **{best}** (its test mean seen AUC: {mean_seen(rows, best):.3f}).",
+              "",
+              "Rows named `r2m` used the library defaults in force for this run: "
+              + json.dumps(read_meta(out / "models" / "merged-r2m.safetensors").recipe["parameters"])
+              + f"; the current defaults are {json.dumps(method_defaults('r2m'))}.", ""]
     parts += _section("Composability: merge FS, FR, EFS, then `--add` FE",
                       pick(lambda m, k: "(FS,FR,EFS)" in m or m in ("r2m", "effort-r2m", "fmsd-r2m")),
                       "`r2m(FS,FR,EFS)+FE` is rebuilt from the stored recipe of `r2m(FS,FR,EFS)` plus the FE "

@@ -33,7 +33,7 @@ def models(n: int, seed: int = 0, shared: float = 0.0, dtype=torch.float64, nois
     return base, specs, planted
 
 
-def reference(base, specs, k=1, rank_ratio=0.1, alpha=0.6, center=False, block_norm="none",
+def reference(base, specs, k=1, rank_ratio=0.05, alpha=0.8, center=False, block_norm="none",
               residual="subtract", eta="script"):
     """The spec, literally: dense SVD of the weighted N×D core matrix, exact SVD truncation."""
     n = len(specs)
