@@ -67,7 +67,7 @@ SUBSPACE_MERGES = {"average", "task_arithmetic", "ties", "tsv", "cart", "r2m"}
 ABLATION_FAMILY = "FS"
 
 SCALES = {
-    "small": DemoScale(epochs=3, batch_size=64),
+    "small": DemoScale(epochs=4, batch_size=64),  # 3 epochs misses the premise (FR 0.885, FE 0.789)
     "full": DemoScale(epochs=3, batch_size=64, specialist_methods=("full", "effort", "fmsd"),
                       r2m_grid=True, fmsd_ablation=True),
 }
