@@ -143,8 +143,14 @@ def build_doc(out: Path, doc: Path, scale: str, seconds: float) -> str:
                       pick(lambda m, k: "(FS,FR,EFS)" in m or m in ("r2m", "effort-r2m", "fmsd-r2m")),
                       "`r2m(FS,FR,EFS)+FE` is rebuilt from the stored recipe of `r2m(FS,FR,EFS)` plus the FE "
                       "specialist; it must equal `r2m` on the four specialists.")
+    ablated = [f"fmsd-{ABLATION_FAMILY}", *sorted(ablation)]
+    val_auc = {m: read_meta(out / "models" / f"{m}.safetensors").extra["val"]["auc"] for m in ablated
+               if (out / "models" / f"{m}.safetensors").exists()}
     parts += _section(f"FMSD ablation (trained on {ABLATION_FAMILY})",
-                      pick(lambda m, k: m in ablation or m == f"fmsd-{ABLATION_FAMILY}"))
+                      pick(lambda m, k: m in ablation or m == f"fmsd-{ABLATION_FAMILY}"),
+                      "Validation AUC on the training family (what FMSD's defaults are chosen on): "
+                      + ", ".join(f"{m} {v:.4f}" for m, v in sorted(val_auc.items(), key=lambda kv: -kv[1]))
+                      + ".")
     parts += ["## Merge diagnostics (R²M, default options, full fine-tuned specialists)", "",
               diagnostics_section(out / "models" / "merged-r2m.safetensors"), ""]
     for prefix in ("effort-", "fmsd-"):
