@@ -10,11 +10,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from fakemerge.config import parse_assignments
 from fakemerge.errors import InputError
 from fakemerge.io import save_tensors, tensors_sha256
 from fakemerge.merging import merge, resolve_params
 from fakemerge.merging.engine import merge_files, merge_heads
-from fakemerge.merging.recipe import parse_set, recipe_from_merged
+from fakemerge.merging.recipe import recipe_from_merged
 from fakemerge.merging.report import cosine_to_others, outlier_warnings
 from fakemerge.merging.tensors import LazyState, SafetensorsWriter, streamed_sha256
 from fakemerge.models.backbone import PREFIX, backbone_hash, backbone_state, canonical, load_base
@@ -290,8 +291,8 @@ def test_report_and_poisoned_specialist_warning(tiny_base, specs, tmp_path):
     assert all(p.stat().st_size > 0 for p in result.report_files)
 
 
-def test_parse_set_values():
-    assert parse_set(["a=1", "b=0.5", "c=true", "d=1e-3", "e=none", "f=balanced"]) == {
+def test_merge_set_values_parse_like_train_settings():
+    assert parse_assignments(["a=1", "b=0.5", "c=true", "d=1e-3", "e=null", "f=balanced"], "--set") == {
         "a": 1,
         "b": 0.5,
         "c": True,
@@ -300,7 +301,7 @@ def test_parse_set_values():
         "f": "balanced",
     }
     with pytest.raises(InputError, match="key=value"):
-        parse_set(["alpha"])
+        parse_assignments(["alpha"], "--set")
 
 
 def test_canonical_spelling_of_base_file(tiny_base, specs, tmp_path):

@@ -83,10 +83,10 @@ def merge_command(
     force: bool = typer.Option(False, "--force", help="Merge despite a base-hash or recipe-hash mismatch."),
 ) -> None:
     """Merge specialists fine-tuned from one base into one detector (streamed: low memory)."""
+    from fakemerge.config import parse_assignments
     from fakemerge.merging.engine import merge_files
-    from fakemerge.merging.recipe import parse_set
 
-    params = parse_set(list(set_ or []))
+    params = parse_assignments(list(set_ or []), "--set")
     recipe = build_recipe(list(inputs or []), method, base, list(add or []), from_, params, head, out)
     start = time.perf_counter()
     with stage_progress() as progress:

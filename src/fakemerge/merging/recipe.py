@@ -98,29 +98,3 @@ def recipe_from_merged(path: str | os.PathLike) -> Recipe:
     recipe = Recipe.from_dict(meta.recipe, str(path), Path(path).parent)
     recipe.out = None
     return recipe
-
-
-def parse_value(text: str):
-    """`--set` values: true/false, null/none, ints and floats (`1e-3` too); anything else stays a string."""
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("null", "none"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_set(items: list[str]) -> dict:
-    """`["alpha=0.6", "center=true"]` → `{"alpha": 0.6, "center": True}`."""
-    params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--set {item}: expected key=value")
-        params[key.strip()] = parse_value(value.strip())
-    return params
