@@ -55,39 +55,15 @@ def test_merge_args_and_recipe_give_the_same_file(tiny_base, specs, tmp_path, ca
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
+def _task_arithmetic(base, models, out) -> int:
+    return run("merge", "-m", "task_arithmetic", "--base", base, *models, "-o", out, "--set", "scaling=0.4")
+
+
 def test_add_from_merged_equals_merging_all(tiny_base, specs, tmp_path):
     two, three, direct = (tmp_path / f"{n}.safetensors" for n in ("two", "three", "direct"))
-    assert (
-        run(
-            "merge",
-            "-m",
-            "task_arithmetic",
-            "--base",
-            tiny_base,
-            *specs[:2],
-            "-o",
-            two,
-            "--set",
-            "scaling=0.4",
-        )
-        == 0
-    )
+    assert _task_arithmetic(tiny_base, specs[:2], two) == 0
     assert run("merge", "--add", specs[2], "--from", two, "-o", three) == 0
-    assert (
-        run(
-            "merge",
-            "-m",
-            "task_arithmetic",
-            "--base",
-            tiny_base,
-            *specs,
-            "-o",
-            direct,
-            "--set",
-            "scaling=0.4",
-        )
-        == 0
-    )
+    assert _task_arithmetic(tiny_base, specs, direct) == 0
     t3, td = tensors(three), tensors(direct)
     assert all(torch.equal(t3[k], td[k]) for k in td)
     meta = read_meta(three)

@@ -126,6 +126,11 @@ def build(model: type[BaseModel], *layers: dict | str):
     try:
         return model(**merged)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "config"
-        raise InputError(f"{source}: {where}: {err['msg']}") from None
+        where, msg = first_error(e, "config")
+        raise InputError(f"{source}: {where}: {msg}") from None
+
+
+def first_error(e: ValidationError, default: str) -> tuple[str, str]:
+    """(dotted field name, message) of a pydantic error: what a one-line error needs."""
+    err = e.errors()[0]
+    return ".".join(str(x) for x in err["loc"]) or default, err["msg"]

@@ -21,6 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from torch import nn
 
+from fakemerge.config import first_error
 from fakemerge.errors import InputError
 from fakemerge.models.backbone import PREFIX
 from fakemerge.models.detector import Detector
@@ -78,9 +79,8 @@ def _parse(cls: type[BaseModel], method: str, options: dict):
     try:
         return cls(**options)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "options"
-        raise InputError(f"--method {method} option {where}: {err['msg']}") from None
+        where, msg = first_error(e, "options")
+        raise InputError(f"--method {method} option {where}: {msg}") from None
 
 
 def canonical_name(name: str) -> str:
