@@ -18,7 +18,7 @@ from fakemerge.data.transforms import batch_inputs
 from fakemerge.evaluation import metrics
 from fakemerge.evaluation.plots import auc_heatmap
 from fakemerge.evaluation.report import results_markdown
-from fakemerge.evaluation.runner import evaluate, family_rows, predict, read_predictions
+from fakemerge.evaluation.runner import evaluate, evaluate_many, family_rows, predict, read_predictions
 from fakemerge.models.backbone import tiny_config
 from fakemerge.models.detector import Detector, ModelMeta, save_detector
 
@@ -50,6 +50,27 @@ def test_predict_streams_scores_equal_to_direct_forward(tiny_data, tmp_path):
     assert pred["path"].tolist() == [r.path for r in test]
     assert pred["video"].tolist() == [r.video for r in test]
     np.testing.assert_allclose(pred["score"], direct, rtol=1e-4, atol=1e-6)
+
+
+def test_models_sharing_a_pass_score_as_they_would_alone(tiny_data, tmp_path):
+    dets = [tiny_detector(seed) for seed in (0, 1, 2)]
+    root, records = load_records(tiny_data)
+    test = select(records, "test")
+    shared = predict(dets, root, test, batch_size=5, csv_path=[tmp_path / f"s{i}.csv" for i in range(3)])
+    for i, det in enumerate(dets):
+        alone = read_predictions(predict(det, root, test, batch_size=64, csv_path=tmp_path / f"a{i}.csv"))
+        together = read_predictions(shared[i])
+        assert together["path"].tolist() == alone["path"].tolist()
+        np.testing.assert_allclose(together["score"], alone["score"], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(read_predictions(shared[0])["score"], read_predictions(shared[1])["score"])
+    reports = evaluate_many(dets, tiny_data, out_dirs=[tmp_path / "e0", tmp_path / "e1", tmp_path / "e2"],
+                            names=["m0", "m1", "m2"], models_per_pass=2, roc=False)
+    assert [r["model"] for r in reports] == ["m0", "m1", "m2"]
+    for i, report in enumerate(reports):
+        pred = read_predictions(tmp_path / f"e{i}" / "predictions.csv")
+        assert report["overall"]["auc"] == pytest.approx(roc_auc_score(pred["label"], pred["score"]))
+    with pytest.raises(ValueError, match="3 detectors but 2 CSV paths"):
+        predict(dets, root, test, csv_path=[tmp_path / "x.csv", tmp_path / "y.csv"])
 
 
 def test_evaluate_report_matches_sklearn_per_family(tiny_data, tmp_path):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from fakemerge.data.dataset import SKIPPED_LABEL, EpochShuffle, ImageDataset, drop_skipped
+from fakemerge.data.dataset import SKIPPED_LABEL, DecodedCache, EpochShuffle, ImageDataset, drop_skipped
 from fakemerge.data.formats import classify_label, family_from_group, load_records, records_from_deepfakebench
 from fakemerge.data.records import Record, select
 from fakemerge.errors import InputError
@@ -179,6 +180,23 @@ def test_flip_is_a_function_of_seed_epoch_index(tmp_path):
     assert 0 < sum(flips[0]) < 16
     plain = ImageDataset(tmp_path, records, size=4)
     assert all(plain[i][0][0, 0, 0] > plain[i][0][0, 0, 3] for i in range(16))
+
+
+def test_decoded_cache_rereads_rewritten_files_and_stays_in_its_bound(tmp_path):
+    cache = DecodedCache(max_bytes=2 * 4 * 4 * 3)  # room for two 4x4 images
+    for name, value in (("a", 10), ("b", 20), ("c", 30)):
+        write_png(tmp_path / f"{name}.png", value, size=4)
+    first = cache.read(tmp_path / "a.png")
+    assert cache.read(tmp_path / "a.png") is first and not first.flags.writeable
+    cache.read(tmp_path / "b.png")
+    cache.read(tmp_path / "c.png")  # evicts a (least recently used)
+    assert cache.bytes == 2 * first.nbytes and cache.read(tmp_path / "a.png") is not first
+    write_png(tmp_path / "b.png", 99, size=4)
+    os.utime(tmp_path / "b.png", ns=(1, 1))  # a rewrite within the mtime resolution still changes the key
+    assert int(cache.read(tmp_path / "b.png")[0, 0, 0]) == 99
+    assert cache.read(tmp_path / "gone.png") is None and cache.read(tmp_path / "a.png").shape == (4, 4, 3)
+    off = DecodedCache(max_bytes=0)
+    assert off.read(tmp_path / "a.png") is not off.read(tmp_path / "a.png") and off.bytes == 0
 
 
 def test_epoch_shuffle():

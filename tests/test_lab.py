@@ -85,6 +85,15 @@ def test_generate_reuses_an_identical_dataset(tmp_path, tiny_scale):
     assert generate(tmp_path / "e", size=32, seed=0, scale=tiny_scale).stat().st_mtime_ns == stamp
 
 
+def test_cache_key_follows_the_lab_source_not_only_the_settings(tmp_path, monkeypatch):
+    (tmp_path / "render.py").write_text("A = 1\n")
+    monkeypatch.setattr(gen, "LAB_SOURCES", tmp_path)
+    key = gen.settings_hash(seed=0)
+    assert gen.settings_hash(seed=0) == key and gen.settings_hash(seed=1) != key
+    (tmp_path / "render.py").write_text("A = 2\n")
+    assert gen.settings_hash(seed=0) != key
+
+
 def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match="scale"):
         generate(tmp_path, scale="huge")
@@ -95,7 +104,8 @@ def test_bad_settings_are_refused(tmp_path):
 def test_pretrain_writes_a_loadable_hf_dir_and_is_cached(tmp_path, monkeypatch):
     from fakemerge.lab import pretrain as pt
 
-    monkeypatch.setitem(pt.SETTINGS, "small", {"identities": 4, "per_identity": 4, "epochs": 1, "lr": 1e-3})
+    monkeypatch.setitem(pt.SETTINGS, "small", {"identities": 4, "per_identity": 4, "epochs": 1, "lr": 1e-3,
+                                                "batch": 8})
     monkeypatch.setattr(pt, "real_images", _small_real_images(pt.real_images))
     report = pt.pretrain(tmp_path / "base", seed=0, scale="small")
     model = CLIPVisionModel.from_pretrained(tmp_path / "base")

@@ -58,11 +58,13 @@ def eval_command(
     topk: int = typer.Option(3, "--topk", help="k for --video-agg topk."),
     batch_size: int = typer.Option(128, "--batch-size"),
     root: Path = typer.Option(None, "--root", help="Data root (default: the JSON's directory)."),
+    models_per_pass: int = typer.Option(8, "--models-per-pass", min=1,
+                                        help="Models sharing one pass over the data (all are held in memory)."),
 ) -> None:
     """Evaluate model(s): frame AUC/AP/EER/ACC and video AUC per family; report.json, report.md, roc.png."""
     from fakemerge.evaluation.plots import auc_heatmap
     from fakemerge.evaluation.report import clean, results_markdown
-    from fakemerge.evaluation.runner import evaluate, family_rows
+    from fakemerge.evaluation.runner import evaluate_many, family_rows
     from fakemerge.io import write_json, write_text
     from fakemerge.models.detector import read_meta
 
@@ -72,13 +74,13 @@ def eval_command(
         raise InputError(f"{', '.join(map(str, models))}: model file names must differ "
                          "(they name the outputs)")
     seen_families = split_list(seen) or sorted({f for meta in metas for f in meta.families})
+    out_dirs = [out] if len(models) == 1 else [out / name for name in names]
+    with progress_bar(f"eval {len(models)} model(s)") as progress:
+        reports = evaluate_many(models, data, out_dirs=out_dirs, names=names, split=split,
+                                families=split_list(families), video_agg=video_agg, k=topk, batch_size=batch_size,
+                                root=root, progress=progress, models_per_pass=models_per_pass)
     rows = []
-    for path, meta, name in zip(models, metas, names, strict=True):
-        model_out = out if len(models) == 1 else out / name
-        with progress_bar(f"eval {name}") as progress:
-            report = evaluate(path, data, split=split, out_dir=model_out, families=split_list(families),
-                              video_agg=video_agg, k=topk, batch_size=batch_size, root=root,
-                              progress=progress)
+    for report, meta, name in zip(reports, metas, names, strict=True):
         out_console.print(report_table(report))
         if report["skipped"]:
             out_console.print(f"[yellow]skipped {len(report['skipped'])} unreadable image(s)[/yellow]: "

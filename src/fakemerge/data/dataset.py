@@ -13,6 +13,7 @@ so an epoch is the same on any number of workers or processes and after a resume
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import cv2
@@ -30,6 +31,41 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray | None:
     """HxWx3 uint8 RGB, or None if the file cannot be decoded."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class DecodedCache:
+    """Decoded images kept in memory across epochs, trainings and evaluations of one process (LRU, bounded
+    in bytes). Several models trained and scored on the same small dataset (the demo) decode each file
+    once instead of once per epoch and model. Keyed by path, size and mtime, so a rewritten file is re-read.
+    Set FAKEMERGE_DECODE_CACHE_MB=0 to turn it off."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+    def read(self, path: Path) -> np.ndarray | None:
+        if self.max_bytes <= 0:
+            return read_rgb(path)
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        image = self._items.get(key)
+        if image is not None:
+            self._items.move_to_end(key)
+            return image
+        image = read_rgb(path)
+        if image is not None and image.nbytes <= self.max_bytes:
+            image.flags.writeable = False  # shared between callers
+            self._items[key] = image
+            self.bytes += image.nbytes
+            while self.bytes > self.max_bytes:
+                self.bytes -= self._items.popitem(last=False)[1].nbytes
+        return image
+
+
+DECODED = DecodedCache(int(float(os.environ.get("FAKEMERGE_DECODE_CACHE_MB", "1024")) * 2**20))
 
 
 class ImageDataset(Dataset):
@@ -59,7 +95,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         record = self.records[index]
-        image = read_rgb(self.root / record.path)
+        image = DECODED.read(self.root / record.path)
         if image is None:
             return torch.zeros(3, self.size, self.size), SKIPPED_LABEL, index
         if self.flip and _coin(self.seed, self.epoch, index):

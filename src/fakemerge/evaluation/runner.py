@@ -6,6 +6,7 @@ no tensors kept); the report is computed from the CSV columns (a few numbers per
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -21,7 +22,7 @@ from fakemerge.evaluation import metrics
 from fakemerge.evaluation.plots import roc_plot
 from fakemerge.evaluation.report import write_report
 from fakemerge.io import atomic_path
-from fakemerge.models.detector import Detector, load_detector
+from fakemerge.models.detector import Detector, ModelMeta, load_detector
 
 Progress = Callable[[int, int], None]  # (images done, images total)
 CSV_COLUMNS = ("path", "video", "family", "label", "score")
@@ -32,44 +33,62 @@ def default_device() -> torch.device:
 
 
 @torch.no_grad()
-def predict(detector: Detector, root: str | os.PathLike, records: Sequence[Record], *, batch_size: int = 128,
-            csv_path: str | os.PathLike, progress: Progress | None = None, num_workers: int = 0) -> Path:
-    """Score every record and stream (path, video, family, label, score) rows to `csv_path`.
+def predict(detectors: Detector | Sequence[Detector], root: str | os.PathLike, records: Sequence[Record], *,
+            batch_size: int = 128, csv_path: str | os.PathLike | Sequence[str | os.PathLike],
+            progress: Progress | None = None, num_workers: int = 0) -> Path | list[Path]:
+    """Score every record with each detector and stream (path, video, family, label, score) rows to its CSV.
 
-    Unreadable images are left out of the CSV and listed in `<csv>.skipped.txt` (one line each), so a
-    report can say how many were skipped instead of silently dropping them.
+    Several detectors share one pass over the data (each image is decoded once); give one CSV path per
+    detector. Unreadable images are left out of the CSVs and listed in `<csv>.skipped.txt` (one line
+    each), so a report can say how many were skipped instead of silently dropping them.
     """
     from fakemerge.data.dataset import ImageDataset, drop_skipped
 
-    dataset = ImageDataset(root, list(records), detector.config.image_size)
+    single = isinstance(detectors, Detector)
+    detectors = [detectors] if single else list(detectors)
+    csv_paths = [Path(csv_path)] if single else [Path(p) for p in csv_path]
+    if len(csv_paths) != len(detectors):
+        raise ValueError(f"{len(detectors)} detectors but {len(csv_paths)} CSV paths")
+    sizes = {d.config.image_size for d in detectors}
+    if len(sizes) != 1:
+        raise InputError(f"models with different input sizes ({sorted(sizes)}) cannot share a pass")
+    dataset = ImageDataset(root, list(records), sizes.pop())
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers)
-    device = next(detector.parameters()).device
-    detector.eval()
-    csv_path = Path(csv_path)
+    for detector in detectors:
+        detector.eval()
     done = 0
-    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
+    with contextlib.ExitStack() as stack:
+        writers = []
+        for path in csv_paths:
+            f = stack.enter_context(open(stack.enter_context(atomic_path(path)), "w", newline=""))
+            writers.append(csv.writer(f))
+            writers[-1].writerow(CSV_COLUMNS)
         for batch in loader:
             pixels, _, index, bad = drop_skipped(batch)
             dataset.note_skipped(bad)
             if len(index):
-                scores = detector.predict_proba(pixels.to(device)).float().cpu().tolist()
-                for i, score in zip(index.tolist(), scores, strict=True):
-                    r = dataset.records[i]
-                    writer.writerow((r.path, r.video, r.family, r.label, f"{score:.6g}"))
+                rows = [dataset.records[i] for i in index.tolist()]
+                for detector, writer in zip(detectors, writers, strict=True):
+                    device = next(detector.parameters()).device
+                    scores = detector.predict_proba(pixels.to(device)).float().cpu().tolist()
+                    writer.writerows((r.path, r.video, r.family, r.label, f"{score:.6g}")
+                                     for r, score in zip(rows, scores, strict=True))
             done += len(index) + len(bad)
             if progress is not None:
                 progress(done, len(dataset))
-    skipped = dataset.skipped
+    for path in csv_paths:
+        _write_skipped(path, dataset.skipped)
+    return csv_paths[0] if single else csv_paths
+
+
+def _write_skipped(csv_path: Path, skipped: list[str]) -> None:
     skipped_path = csv_path.with_name(csv_path.name + ".skipped.txt")
     if skipped:
         with atomic_path(skipped_path) as tmp:
             tmp.write_text("\n".join(skipped) + "\n")
     elif skipped_path.exists():
         skipped_path.unlink()
-    return csv_path
 
 
 def read_predictions(csv_path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -109,24 +128,32 @@ def report_from_predictions(pred: dict[str, np.ndarray], *, video_agg: str = "me
     return {"overall": overall, "families": families}
 
 
-def evaluate(model: str | os.PathLike | Detector, data: str | os.PathLike, *, split: str = "test",
-             out_dir: str | os.PathLike, families: list[str] | None = None, video_agg: str = "mean",
-             k: int = 3, batch_size: int = 128, root: str | os.PathLike | None = None,
-             progress: Progress | None = None, device: str | torch.device | None = None,
-             name: str | None = None, roc: bool = True) -> dict:
+def evaluate(model: str | os.PathLike | Detector, data: str | os.PathLike, *, out_dir: str | os.PathLike,
+             name: str | None = None, **options) -> dict:
     """Evaluate one model on one split; writes predictions.csv, report.json, report.md and (`roc`) roc.png.
 
     Returns the report dict (overall + per-family frame metrics and video AUC, skipped images, settings).
+    Options are those of `evaluate_many`.
+    """
+    return evaluate_many([model], data, out_dirs=[out_dir], names=[name], **options)[0]
+
+
+def evaluate_many(models: Sequence[str | os.PathLike | Detector], data: str | os.PathLike, *,
+                  out_dirs: Sequence[str | os.PathLike], names: Sequence[str | None] | None = None,
+                  split: str = "test", families: list[str] | None = None, video_agg: str = "mean", k: int = 3,
+                  batch_size: int = 128, root: str | os.PathLike | None = None, progress: Progress | None = None,
+                  device: str | torch.device | None = None, roc: bool = True, models_per_pass: int = 8
+                  ) -> list[dict]:
+    """Evaluate several models on one split, `models_per_pass` at a time sharing each pass over the data
+    (decoding is paid once per pass; memory holds that many models). One report per model, as `evaluate`.
     """
     from fakemerge.data.formats import load_records
 
     if video_agg not in metrics.AGGREGATIONS:
         raise InputError(f"--video-agg {video_agg}: choose one of {', '.join(metrics.AGGREGATIONS)}")
-    if isinstance(model, Detector):
-        detector, meta, name = model, None, name or "model"
-    else:
-        detector, meta = load_detector(model)
-        name = name or Path(model).stem
+    names = list(names) if names is not None else [None] * len(models)
+    if not len(models) == len(out_dirs) == len(names):
+        raise ValueError("models, out_dirs and names must have the same length")
     data_root, records = load_records(data, root=root)
     chosen = select(records, split, families)
     if not chosen:
@@ -134,25 +161,43 @@ def evaluate(model: str | os.PathLike | Detector, data: str | os.PathLike, *, sp
         raise InputError(f"{data}: no images in split {split!r}{which}")
     if families and not any(r.label == 1 for r in chosen):
         raise InputError(f"{data}: no fake images of families {families} in split {split!r}")
-    detector = detector.to(torch.device(device) if device else default_device())
-    out = Path(out_dir)
-    csv_path = predict(detector, data_root, chosen, batch_size=batch_size, csv_path=out / "predictions.csv",
-                       progress=progress)
+    target = torch.device(device) if device else default_device()
+    settings = {"data": str(data), "split": split, "video_agg": video_agg,
+                "topk": k if video_agg == "topk" else None, "n_images": len(chosen)}
+    reports = []
+    for start in range(0, len(models), models_per_pass):
+        group = range(start, min(start + models_per_pass, len(models)))
+        loaded = [_load(models[i], names[i]) for i in group]
+        csv_paths = [Path(out_dirs[i]) / "predictions.csv" for i in group]
+        predict([d.to(target) for d, _, _ in loaded], data_root, chosen, batch_size=batch_size,
+                csv_path=csv_paths, progress=progress)
+        for (_, meta, name), csv_path in zip(loaded, csv_paths, strict=True):
+            reports.append(_report(csv_path, name, meta, settings, roc))
+    return reports
+
+
+def _load(model: str | os.PathLike | Detector, name: str | None) -> tuple[Detector, ModelMeta | None, str]:
+    if isinstance(model, Detector):
+        return model, None, name or "model"
+    detector, meta = load_detector(model)
+    return detector, meta, name or Path(model).stem
+
+
+def _report(csv_path: Path, name: str, meta: ModelMeta | None, settings: dict, roc: bool) -> dict:
+    """The report of one model's predictions CSV, written beside it (+ its ROC curves when `roc`)."""
     pred = read_predictions(csv_path)
     report = {
         "model": name,
         "model_meta": None if meta is None else {"kind": meta.kind, "method": meta.method,
                                                  "families": meta.families, "base_id": meta.base_id},
-        "data": str(data), "split": split, "video_agg": video_agg, "topk": k if video_agg == "topk" else None,
-        "n_images": len(chosen), "n_scored": int(len(pred["label"])),
-        "skipped": _read_skipped(csv_path),
-        **report_from_predictions(pred, video_agg=video_agg, k=k),
+        **settings, "n_scored": int(len(pred["label"])), "skipped": _read_skipped(csv_path),
+        **report_from_predictions(pred, video_agg=settings["video_agg"], k=settings["topk"] or 3),
     }
-    write_report(report, out)
+    write_report(report, csv_path.parent)
     if roc:
         curves = {f"{fam} (AUC {_fmt(report['families'][fam]['auc'])})": _family_curve(pred, fam)
                   for fam in report["families"]}
-        roc_plot(curves, out / "roc.png", title=f"{name} — {split}")
+        roc_plot(curves, csv_path.parent / "roc.png", title=f"{name} — {settings['split']}")
     return report
 
 

@@ -92,8 +92,16 @@ def _write_png(path: Path, img: np.ndarray) -> None:
     path.write_bytes(buf.tobytes())
 
 
+LAB_SOURCES = Path(__file__).parent
+
+
 def settings_hash(**settings) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    """Cache key of a lab product: its settings plus the source of the lab's code, so a cached dataset or
+    base is rebuilt when the rendering, the forgeries or the pretraining change (not only the settings)."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for source in sorted(LAB_SOURCES.glob("*.py")):
+        h.update(source.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def generate(out_dir: str | Path, *, size: int = 64, seed: int = 0, scale: str = "small",

@@ -29,8 +29,8 @@ from fakemerge.lab.render import finish, random_camera, random_identity, random_
 from fakemerge.models.backbone import tiny_config
 
 SETTINGS = {  # identities, images per identity, epochs
-    "small": {"identities": 160, "per_identity": 24, "epochs": 5, "lr": 1e-3},
-    "full": {"identities": 320, "per_identity": 24, "epochs": 6, "lr": 1e-3},
+    "small": {"identities": 160, "per_identity": 24, "epochs": 5, "lr": 1e-3, "batch": 128},
+    "full": {"identities": 320, "per_identity": 24, "epochs": 6, "lr": 1e-3, "batch": 128},
 }
 JPEG_BINS = (70, 77, 84, 91)  # lower edges of the 4 quality bins (camera JPEG is 70..95)
 NOISE_BINS = (1.0, 1.75, 2.5, 3.25)
@@ -116,7 +116,7 @@ def pretrain(out_dir: str | Path, *, data=None, seed: int = 0, scale: str = "sma
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.05)
     y = torch.from_numpy(ids)
     cj, cn = torch.from_numpy(cams[:, 0]), torch.from_numpy(cams[:, 1])
-    n, batch = len(x), 128
+    n, batch = len(x), cfg["batch"]
     steps = cfg["epochs"] * ((n + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)

@@ -68,13 +68,14 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     for message in train_set.skipped + val_set.skipped:
         emit("skipped", message=message)
     sampler = EpochShuffle(len(train_set), config.seed)
-    loader_args = dict(batch_size=config.batch_size, num_workers=config.num_workers)
+    workers = config.num_workers if config.num_workers is not None else (0 if accelerator.device.type == "cpu" else 2)
+    loader_args = dict(batch_size=config.batch_size, num_workers=workers)
     train_loader = DataLoader(train_set, sampler=sampler, drop_last=len(train_set) > config.batch_size,
                               **loader_args)
     val_loader = DataLoader(val_set, **loader_args)
 
     torch.manual_seed(config.seed)
-    prepared = method.fn(detector, dict(config.method_options), _probe_batches(train_set, config))
+    prepared = method.fn(detector, dict(config.method_options), _probe_batches(train_set, config.seed, loader_args))
     methods.freeze_all_but(detector, prepared.params)
     trainable_names = [n for n, p in detector.named_parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in prepared.params)
@@ -183,10 +184,9 @@ def _need_both_classes(part: list[Record], split: str, config: TrainConfig, sour
         raise InputError(f"{source}: split '{split}' has {what} for families {families}{hint}")
 
 
-def _probe_batches(dataset: ImageDataset, config: TrainConfig):
+def _probe_batches(dataset: ImageDataset, seed: int, loader_args: dict):
     """Deterministic (pixels, labels) batches of training data for methods that score layers first."""
-    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.num_workers,
-                        sampler=EpochShuffle(len(dataset), config.seed + 1))
+    loader = DataLoader(dataset, sampler=EpochShuffle(len(dataset), seed + 1), **loader_args)
     for batch in loader:
         pixels, labels, _, _ = drop_skipped(batch)
         if len(labels):
