@@ -79,6 +79,13 @@ def test_generator_families_replace_the_whole_image(family):
     assert set(SEEN_FAMILIES).isdisjoint(UNSEEN_FAMILIES)
 
 
+def test_bytes_do_not_depend_on_the_worker_count(tmp_path, tiny_scale):
+    one = generate(tmp_path / "w1", size=32, seed=5, scale=tiny_scale, workers=1)
+    two = generate(tmp_path / "w2", size=32, seed=5, scale=tiny_scale, workers=2)
+    assert one.read_bytes() == two.read_bytes()
+    assert _tree_bytes(tmp_path / "w1") == _tree_bytes(tmp_path / "w2")
+
+
 def test_generate_reuses_an_identical_dataset(tmp_path, tiny_scale):
     js = generate(tmp_path / "e", size=32, seed=0, scale=tiny_scale)
     stamp = js.stat().st_mtime_ns

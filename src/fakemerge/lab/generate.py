@@ -17,9 +17,12 @@ FS/FE specialists stayed below 0.80 AUC at the demo's budget (measured; see fami
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,8 +108,11 @@ def settings_hash(**settings) -> str:
 
 
 def generate(out_dir: str | Path, *, size: int = 64, seed: int = 0, scale: str = "small",
-             progress: Callable[[int, int], None] | None = None) -> Path:
-    """Generate (or reuse, when OUT already holds the same settings) a ForgeryLab dataset; returns its JSON."""
+             progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> Path:
+    """Generate (or reuse, when OUT already holds the same settings) a ForgeryLab dataset; returns its JSON.
+
+    Videos are rendered by `workers` processes (default: one per CPU core, at most 8); every pixel is a
+    function of the seed and the video's coordinates, so the bytes do not depend on the worker count."""
     if scale not in SCALES:
         raise ValueError(f"scale {scale!r}: expected one of {', '.join(SCALES)}")
     if not 32 <= size <= 256:
@@ -121,27 +127,38 @@ def generate(out_dir: str | Path, *, size: int = 64, seed: int = 0, scale: str =
     videos = list(_videos(sc))
     tree: dict = {}
     examples: dict[str, list] = {}
-    for n, (s, i, v, family) in enumerate(videos):
-        split = SPLITS[s]
-        name = f"{family}/{split}/id{i:04d}_v{v}"
-        folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        frames = render_video(seed, s, i, v, family, size, sc.frames, sc.identities[s])
-        paths = []
-        for t, img in enumerate(frames):
-            _write_png(folder / f"{t:03d}.png", img)
-            paths.append(f"{name}/{t:03d}.png")
-        group = f"{DATASET}_Real" if family == "real" else f"{DATASET}_{family}"
-        tree.setdefault(group, {s_: {} for s_ in SPLITS})[split][name] = {
-            "label": group, "family": family, "frames": paths}
-        if split == "test" and v == 0 and len(examples.setdefault(family, [])) < 8:
-            examples[family].append((i, frames[0]))
-        if progress:
-            progress(n + 1, len(videos))
+    jobs = [(out, seed, s, i, v, family, size, sc.frames, sc.identities[s]) for s, i, v, family in videos]
+    workers = max(1, min(workers or os.cpu_count() or 1, 8))
+    with ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        results = pool.map(_write_video, jobs, chunksize=64) if pool else map(_write_video, jobs)
+        for n, ((s, i, v, family), (name, paths, first)) in enumerate(zip(videos, results, strict=True)):
+            split = SPLITS[s]
+            group = f"{DATASET}_Real" if family == "real" else f"{DATASET}_{family}"
+            tree.setdefault(group, {s_: {} for s_ in SPLITS})[split][name] = {
+                "label": group, "family": family, "frames": paths}
+            if split == "test" and v == 0 and len(examples.setdefault(family, [])) < 8:
+                examples[family].append((i, first))
+            if progress:
+                progress(n + 1, len(videos))
     write_json(js, {DATASET: tree})
     _contact_sheets(out / "contact", examples, seed, size, sc.frames)
     stamp.write_text(key)
     return js
+
+
+def _write_video(job: tuple) -> tuple[str, list[str], np.ndarray | None]:
+    """Render one video and write its frames; returns its name, frame paths and (for the contact sheets'
+    candidates, first test videos) its first frame."""
+    out, seed, s, i, v, family, size, frames, n_ids = job
+    name = f"{family}/{SPLITS[s]}/id{i:04d}_v{v}"
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    images = render_video(seed, s, i, v, family, size, frames, n_ids)
+    paths = []
+    for t, img in enumerate(images):
+        _write_png(folder / f"{t:03d}.png", img)
+        paths.append(f"{name}/{t:03d}.png")
+    return name, paths, images[0] if SPLITS[s] == "test" and v == 0 else None
 
 
 def _contact_sheets(out: Path, examples: dict[str, list], seed: int, size: int, frames: int) -> None:
