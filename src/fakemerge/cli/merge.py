@@ -54,13 +54,7 @@ def build_recipe(inputs: list[str], method: str | None, base: str | None, add: l
         recipe.method, recipe.parameters = method, {}  # stored parameters belong to the old method
     if base and from_ is None:
         recipe.base = base
-    known = {Path(m).resolve() for m in recipe.models}
-    for path in new:
-        if Path(path).resolve() in known:
-            raise InputError(f"{path}: already part of this merge")
-        known.add(Path(path).resolve())
-    recipe.models += new
-    recipe.hashes = (recipe.hashes or [None] * (len(recipe.models) - len(new))) + [None] * len(new)
+    recipe.add(new, str(from_) if from_ else "this merge")
     recipe.parameters = {**recipe.parameters, **params}
     recipe.head = head or recipe.head
     recipe.out = str(out) if out else recipe.out

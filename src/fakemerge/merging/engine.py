@@ -197,10 +197,7 @@ def add_specialists(merged: str | os.PathLike, new: list[str | os.PathLike], out
     from fakemerge.merging.recipe import recipe_from_merged
 
     recipe = recipe_from_merged(merged)
-    known = {Path(m).resolve() for m in recipe.models}
-    for path in new:
-        if Path(path).resolve() in known:
-            raise InputError(f"{path}: already part of the merge {merged}")
-    return merge_files(recipe.method, recipe.base, [*recipe.models, *new], out, params=recipe.parameters,
-                       head=recipe.head, report_dir=report_dir, force=force,
-                       expected_hashes=[*recipe.hashes, *[None] * len(new)], progress=progress)
+    recipe.add(new, f"the merge {merged}")
+    return merge_files(recipe.method, recipe.base, recipe.models, out, params=recipe.parameters,
+                       head=recipe.head, report_dir=report_dir, force=force, expected_hashes=recipe.hashes,
+                       progress=progress)

@@ -38,6 +38,16 @@ class Recipe:
     out: str | None = None
     hashes: list[str | None] = field(default_factory=list)  # expected content hash per model, None: unchecked
 
+    def add(self, models: list[str | os.PathLike], source: str = "this merge") -> None:
+        """Append new specialists (hash unchecked); one already in the recipe is an error, not a re-weighting."""
+        known = {Path(m).resolve() for m in self.models}
+        for path in models:
+            if Path(path).resolve() in known:
+                raise InputError(f"{path}: already part of {source}")
+            known.add(Path(path).resolve())
+        self.hashes = (self.hashes or [None] * len(self.models)) + [None] * len(models)
+        self.models = [*self.models, *map(str, models)]
+
     @classmethod
     def from_dict(cls, d: object, source: str, relative_to: Path) -> Recipe:
         """Parse a recipe dict; local paths are resolved against `relative_to`."""
