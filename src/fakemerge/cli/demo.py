@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # logs keep whole model names
@@ -24,7 +25,10 @@ def demo(
 
     if scale not in SCALES:
         raise InputError(f"--scale {scale}: expected one of {', '.join(SCALES)}")
-    result = run_demo(out, scale=scale, seed=seed, cache=cache, log=console.print)
+    bars = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+    with bars:
+        result = run_demo(out, scale=scale, seed=seed, cache=cache, log=console.print, progress=bars)
     console.print(_table(result.rows))
     for d in result.detections:
         verdict = "error" if d.get("error") else ("FAKE" if d["score"] >= 0.5 else "real")
