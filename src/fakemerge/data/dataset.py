@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from fakemerge.data.records import Record
 from fakemerge.data.transforms import to_input
@@ -44,7 +44,7 @@ class DecodedCache:
         self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
     def read(self, path: Path) -> np.ndarray | None:
-        if self.max_bytes <= 0:
+        if self.max_bytes <= 0 or get_worker_info() is not None:  # a loader worker's copy dies with it
             return read_rgb(path)
         try:
             st = path.stat()
