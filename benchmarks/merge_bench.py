@@ -39,8 +39,9 @@ def make_files(directory: Path, size: str, n: int) -> tuple[Path, list[Path]]:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     from fakemerge.io import atomic_path
-    from fakemerge.merging.tensors import LazyState, SafetensorsWriter, streamed_sha256
-    from fakemerge.models.backbone import canonical, config_to_dict
+    from fakemerge.io.safetensors import LazyState, SafetensorsWriter, tensors_sha256
+    from fakemerge.keys import canonical
+    from fakemerge.models.backbone import config_to_dict
     from fakemerge.models.detector import ModelMeta
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,7 @@ def make_files(directory: Path, size: str, n: int) -> tuple[Path, list[Path]]:
     cfg = config_to_dict(config)
     base = directory / "base.safetensors"
     write(base, ModelMeta(kind="base", base_id=f"random-{size}", backbone_config=cfg), None)
-    base_hash = streamed_sha256(LazyState(base))
+    base_hash = tensors_sha256(LazyState(base))
     specs = [directory / f"spec{i}.safetensors" for i in range(n)]
     for i, p in enumerate(specs):
         meta = ModelMeta(kind="specialist", families=[f"F{i}"], base_id=f"random-{size}", base_hash=base_hash,

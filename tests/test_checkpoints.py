@@ -7,7 +7,8 @@ import torch
 from conftest import make_tiny_base
 
 from fakemerge.errors import InputError
-from fakemerge.models.backbone import backbone_hash, load_base, strip_prefix
+from fakemerge.keys import strip_prefix
+from fakemerge.models.backbone import backbone_hash, load_base
 from fakemerge.models.checkpoints import densify_effort, import_checkpoint, infer_config
 from fakemerge.models.detector import Detector, load_detector
 

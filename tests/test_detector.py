@@ -8,16 +8,9 @@ from safetensors.torch import load_file
 from transformers import CLIPVisionModel
 
 from fakemerge.errors import InputError
-from fakemerge.io import save_tensors, tensors_sha256
-from fakemerge.models.backbone import (
-    PREFIX,
-    backbone_hash,
-    canonical,
-    load_backbone_state,
-    load_base,
-    strip_prefix,
-    tiny_config,
-)
+from fakemerge.io.safetensors import save_tensors, tensors_sha256
+from fakemerge.keys import PREFIX, canonical, strip_prefix
+from fakemerge.models.backbone import backbone_hash, load_backbone_state, load_base, tiny_config
 from fakemerge.models.detector import Detector, ModelMeta, load_detector, read_meta, save_detector
 
 TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -14,13 +14,13 @@ from transformers import CLIPVisionModel
 from fakemerge.cli import main
 from fakemerge.data.formats import load_records
 from fakemerge.data.records import select
-from fakemerge.data.transforms import batch_inputs
 from fakemerge.evaluation import metrics
 from fakemerge.evaluation.plots import auc_heatmap
 from fakemerge.evaluation.report import results_markdown
 from fakemerge.evaluation.runner import evaluate, evaluate_many, family_rows, predict, read_predictions
 from fakemerge.models.backbone import tiny_config
 from fakemerge.models.detector import Detector, ModelMeta, save_detector
+from fakemerge.models.preprocessing import Preprocessing, batch_inputs
 
 TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64)
@@ -40,13 +40,13 @@ def test_predict_streams_scores_equal_to_direct_forward(tiny_data, tmp_path):
     test = select(records, "test")
     seen = []
     path = predict(det, root, test, batch_size=7, csv_path=tmp_path / "p.csv",
-                   progress=lambda done, total: seen.append((done, total)))
+                   progress=lambda stage, done, total, **info: seen.append((done, total)))
     pred = read_predictions(path)
     assert len(pred["score"]) == len(test) and seen[-1] == (len(test), len(test))
     import cv2
 
     images = [cv2.cvtColor(cv2.imread(str(root / r.path)), cv2.COLOR_BGR2RGB) for r in test]
-    direct = det.predict_proba(batch_inputs(images, 32)).numpy()
+    direct = det.predict_proba(batch_inputs(images, Preprocessing(size=32))).numpy()
     assert pred["path"].tolist() == [r.path for r in test]
     assert pred["video"].tolist() == [r.video for r in test]
     np.testing.assert_allclose(pred["score"], direct, rtol=1e-4, atol=1e-6)

@@ -14,6 +14,7 @@ from fakemerge.data.dataset import SKIPPED_LABEL, DecodedCache, EpochShuffle, Im
 from fakemerge.data.formats import classify_label, family_from_group, load_records, records_from_deepfakebench
 from fakemerge.data.records import Record, select
 from fakemerge.errors import InputError
+from fakemerge.models.preprocessing import Preprocessing
 
 
 def write_png(path, value=128, size=8):
@@ -153,7 +154,7 @@ def test_dataset_skips_missing_and_unreadable(tmp_path):
     (tmp_path / "corrupt.png").write_bytes(b"not a png")
     records = [Record("ok.png", 1, "FS", "v", "train"), Record("gone.png", 0, "real", "w", "train"),
                Record("corrupt.png", 0, "real", "u", "train")]
-    ds = ImageDataset(tmp_path, records, size=4)
+    ds = ImageDataset(tmp_path, records, Preprocessing(size=4))
     assert len(ds) == 2 and len(ds.skipped) == 1 and "gone.png: image file not found" in ds.skipped[0]
     pixels, label, index = ds[0]
     assert pixels.shape == (3, 4, 4) and label == 1 and index == 0
@@ -173,12 +174,12 @@ def test_flip_is_a_function_of_seed_epoch_index(tmp_path):
     records = [Record("a.png", 1, "FS", "v", "train")] * 16
     flips = []
     for epoch in (0, 0, 1):
-        ds = ImageDataset(tmp_path, records, size=4, flip=True, seed=3)
+        ds = ImageDataset(tmp_path, records, Preprocessing(size=4), flip=True, seed=3)
         ds.set_epoch(epoch)
         flips.append([bool(ds[i][0][0, 0, 0] < ds[i][0][0, 0, 3]) for i in range(16)])
     assert flips[0] == flips[1] and flips[0] != flips[2]
     assert 0 < sum(flips[0]) < 16
-    plain = ImageDataset(tmp_path, records, size=4)
+    plain = ImageDataset(tmp_path, records, Preprocessing(size=4))
     assert all(plain[i][0][0, 0, 0] > plain[i][0][0, 0, 3] for i in range(16))
 
 

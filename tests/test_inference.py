@@ -10,12 +10,12 @@ from test_video_faces import write_video
 from transformers import CLIPVisionModel
 
 from fakemerge.cli import main
-from fakemerge.data.transforms import batch_inputs
 from fakemerge.data.video import sample_frames
 from fakemerge.evaluation.heatmap import gradcam
 from fakemerge.inference import detect, expand_inputs
 from fakemerge.models.backbone import tiny_config
 from fakemerge.models.detector import Detector, ModelMeta, save_detector
+from fakemerge.models.preprocessing import Preprocessing, batch_inputs
 
 TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64)
@@ -62,12 +62,13 @@ def test_scores_match_direct_forward_and_errors_do_not_stop_the_batch(det, input
     side = min(image.shape[:2])
     y0, x0 = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
     crop = cv2.resize(image[y0:y0 + side, x0:x0 + side], (32, 32), interpolation=cv2.INTER_AREA)
-    assert results[5].score == pytest.approx(det.predict_proba(batch_inputs([crop], 32)).item(), abs=1e-5)
+    expected = det.predict_proba(batch_inputs([crop], Preprocessing(size=32))).item()
+    assert results[5].score == pytest.approx(expected, abs=1e-5)
     clip = results[4]
     assert clip.kind == "video" and clip.frames == 4 and clip.frame_indices == [0, 10, 19, 29]
     frames = [cv2.resize(f, (32, 32), interpolation=cv2.INTER_AREA)
               for f in sample_frames(inputs / "clip.mp4", 4)]
-    expected = det.predict_proba(batch_inputs(frames, 32)).numpy()
+    expected = det.predict_proba(batch_inputs(frames, Preprocessing(size=32))).numpy()
     np.testing.assert_allclose(clip.frame_scores, expected, atol=1e-5)
     assert clip.score == pytest.approx(np.mean(clip.frame_scores))
     assert all(r.verdict == ("fake" if r.score >= 0.5 else "real") for r in results if not r.error)

@@ -12,13 +12,13 @@ from safetensors.torch import load_file
 
 from fakemerge.config import parse_assignments
 from fakemerge.errors import InputError
-from fakemerge.io import save_tensors, tensors_sha256
+from fakemerge.io.safetensors import LazyState, SafetensorsWriter, save_tensors, tensors_sha256
+from fakemerge.keys import PREFIX, canonical
 from fakemerge.merging import merge, resolve_params
 from fakemerge.merging.engine import merge_files, merge_heads
 from fakemerge.merging.recipe import recipe_from_merged
 from fakemerge.merging.report import cosine_to_others, outlier_warnings
-from fakemerge.merging.tensors import LazyState, SafetensorsWriter, streamed_sha256
-from fakemerge.models.backbone import PREFIX, backbone_hash, backbone_state, canonical, load_base
+from fakemerge.models.backbone import backbone_hash, backbone_state, load_base
 from fakemerge.models.detector import Detector, ModelMeta, load_detector, read_meta, save_detector
 
 
@@ -76,7 +76,7 @@ def test_lazy_state_reads_hf_dir_with_canonical_names_and_same_hash(tiny_base):
     assert set(state) == set(expected)
     assert all(torch.equal(state[k], expected[k]) for k in expected)
     assert state.spec(next(iter(state)))[0] == torch.float32
-    assert streamed_sha256(state) == backbone_hash(model) == tensors_sha256(expected)
+    assert tensors_sha256(state) == backbone_hash(model) == tensors_sha256(expected)
 
 
 def test_writer_any_order_and_metadata_written_late(tmp_path):

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
+from fakemerge.keys import is_bias_or_norm, is_linear_weight
 from fakemerge.merging import merge, r2m
-from fakemerge.merging.streams import is_bias_or_norm, is_linear_weight
 from fakemerge.merging.svd_methods import truncated_svd
 
 SHAPES = {

@@ -117,8 +117,8 @@ def test_fmsd_rescoring_resumes_after_a_kill_with_identical_results(tiny_base, t
     straight, resumed = tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors"
     first = train(_config(tiny_base, tiny_data, straight, "fmsd", method_options=RESCORE, lr=1e-2, epochs=3))
 
-    def kill_after_second_epoch(event, **info):
-        if event == "epoch" and info["epoch"] == 2:
+    def kill_after_second_epoch(stage, done, total, **info):
+        if stage == "epoch" and done == 2:
             raise Killed
 
     with pytest.raises(Killed):
@@ -138,8 +138,8 @@ def test_fmsd_resumes_after_a_kill_with_identical_results(tiny_base, tiny_data, 
     straight = tmp_path / "straight.safetensors"
     train(_config(tiny_base, tiny_data, straight, "fmsd", method_options=options))
 
-    def kill_after_first_epoch(event, **info):
-        if event == "epoch" and info["epoch"] == 1:
+    def kill_after_first_epoch(stage, done, total, **info):
+        if stage == "epoch" and done == 1:
             raise Killed
 
     resumed = tmp_path / "resumed.safetensors"

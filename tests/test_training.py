@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from fakemerge.cli import main as cli_main
 from fakemerge.config import TrainConfig, parse_assignments
 from fakemerge.errors import InputError
-from fakemerge.models.backbone import PREFIX, backbone_hash, backbone_state, load_base
+from fakemerge.keys import PREFIX
+from fakemerge.models.backbone import backbone_hash, backbone_state, load_base
 from fakemerge.models.detector import Detector, load_detector, read_meta
 from fakemerge.training import methods
 from fakemerge.training.methods import Prepared, register_method
@@ -67,8 +68,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_base, tiny_dat
     class Killed(Exception):
         pass
 
-    def kill_after_first_epoch(event, **info):
-        if event == "epoch" and info["epoch"] == 1:
+    def kill_after_first_epoch(stage, done, total, **info):
+        if stage == "epoch" and done == 1:
             raise Killed
 
     resumed = tmp_path / "resumed.safetensors"
@@ -79,9 +80,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_base, tiny_dat
         train(config(tiny_base, tiny_data, resumed, epochs=3, lr=5e-4, resume=True))
     notes = []
 
-    def note(event, **info):
-        if event == "note":
-            notes.append(info["message"])
+    def note(stage, done, total, **info):
+        if "resumed" in info:
+            notes.append(info["note"])
 
     result = train(config(tiny_base, tiny_data, resumed, epochs=3, resume=True), progress=note)
     assert notes == [f"resumed from {tmp_path / 'resumed.ckpt'} after epoch 1"]
@@ -141,9 +142,9 @@ def test_unreadable_and_missing_images_are_skipped_and_counted(tiny_base, tiny_d
     edited.write_text(json.dumps(data))
     skipped = []
 
-    def report(event, **info):
-        if event == "skipped":
-            skipped.append(info["message"])
+    def report(stage, done, total, **info):
+        if "skipped" in info:
+            skipped.append(info["skipped"])
 
     settings = config(tiny_base, edited, tmp_path / "m.safetensors", epochs=1, root=str(tiny_data.parent),
                       num_workers=1)  # unreadable images are found inside a loader worker process

@@ -6,6 +6,7 @@ the specs leave open are compared on the validation split; the test split is onl
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from fakemerge.io import write_json, write_text
 from fakemerge.merging import method_defaults
+from fakemerge.progress import Progress, silent, within
 
 Log = Callable[[str], None]
 
@@ -91,73 +93,19 @@ class _Timer:
     def __init__(self, log: Log):
         self.log, self.timings = log, {}
 
+    @contextlib.contextmanager
     def stage(self, name: str):
-        timer = self
-
-        class _Stage:
-            def __enter__(self):
-                timer.log(f"[bold]{name}[/bold] ...")
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                dt = time.perf_counter() - self.t0
-                timer.timings[name] = round(dt, 2)
-                if exc[0] is None:
-                    timer.log(f"  {name}: {dt:.1f} s")
-
-        return _Stage()
-
-
-class StageBars:
-    """Feeds a rich `Progress` from each stage's own callback shape: one bar per running step, removed when
-    it completes. Without a `Progress`, every callback is None (nothing is drawn)."""
-
-    def __init__(self, bar=None):
-        self.bar = bar
-
-    def _bar(self, description: str):
-        if self.bar is None:
-            return None
-        task = None
-
-        def update(done: int, total: int) -> None:
-            nonlocal task
-            if task is None:  # added on first use: a cached stage that reports nothing draws nothing
-                task = self.bar.add_task(description, total=total)
-            self.bar.update(task, completed=done, total=total)
-            if done >= total:
-                self.bar.remove_task(task)
-                task = None
-        return update
-
-    def counter(self, description: str) -> Callable[[int, int], None] | None:
-        """For generate, pretrain and evaluate: progress(done, total)."""
-        return self._bar(description)
-
-    def training(self, description: str) -> Callable[..., None] | None:
-        """For the trainer's events: a bar over all steps of all epochs."""
-        update = self._bar(description)
-        if update is None:
-            return None
-        plan = {}
-
-        def on_event(event: str, **info) -> None:
-            if event == "start":
-                plan.update(epochs=info["epochs"], steps=info["steps_per_epoch"])
-            elif event == "step":
-                update((info["epoch"] - 1) * plan["steps"] + info["step"], plan["epochs"] * plan["steps"])
-        return on_event
-
-    def merging(self, description: str) -> Callable[[str, int, int], None] | None:
-        """For the merge engine: progress(stage, done, total) over its scan and merge stages."""
-        update = self._bar(description)
-        return None if update is None else (lambda stage, done, total: update(done, total) if stage == "merge"
-                                            else None)
+        self.log(f"{name} ...")
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - t0, 2)
+        self.log(f"  {name}: {self.timings[name]:.1f} s")
 
 
 def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, cache: str | Path | None = None,
-             log: Log = lambda s: None, progress=None) -> DemoResult:
-    """The whole flow at `scale`; `log` gets one line per stage, `progress` (a rich Progress) shows bars."""
+             log: Log = lambda s: None, progress: Progress = silent) -> DemoResult:
+    """The whole flow at `scale`; `log` gets one plain line per stage, `progress` every step's progress
+    (stages named `<step>: <stage>`)."""
     from fakemerge.evaluation.plots import auc_heatmap
     from fakemerge.evaluation.report import results_markdown
     from fakemerge.lab.families import SEEN_FAMILIES
@@ -169,13 +117,12 @@ def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, cache: str
     timer = _Timer(log)
     cache = Path(cache) if cache else out / "cache"
     t_start = time.perf_counter()
-    bars = StageBars(progress)
 
     with timer.stage("generate ForgeryLab"):
-        data = generate(out / "data", size=64, seed=seed, scale=scale, progress=bars.counter("videos"))
+        data = generate(out / "data", size=64, seed=seed, scale=scale, progress=progress)
     with timer.stage("pretrain tiny base (cached)"):
         base_report = pretrain(cache / f"base-{scale}-s{seed}", seed=seed, scale=scale,
-                               progress=bars.counter("pretrain steps"))
+                               progress=progress)
         base = str(cache / f"base-{scale}-s{seed}")
 
     models: list[tuple[str, Path, str, str | None, list[str]]] = []  # name, path, kind, method, trained_on
@@ -184,31 +131,31 @@ def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, cache: str
             prefix = "" if method == "full" else f"{method}-"
             for family in SEEN_FAMILIES:
                 path = out / "models" / f"{prefix}{family}.safetensors"
-                _train(base, data, [family], path, cfg, seed, bars.training(f"{prefix}{family}"), method)
+                _train(base, data, [family], path, cfg, seed, within(progress, f"{prefix}{family}"), method)
                 models.append((f"{prefix}{family}", path, "specialist", method, [family]))
         path = out / "models" / "joint.safetensors"
-        _train(base, data, list(SEEN_FAMILIES), path, cfg, seed, bars.training("joint"), "full")
+        _train(base, data, list(SEEN_FAMILIES), path, cfg, seed, within(progress, "joint"), "full")
         models.append(("joint", path, "joint", "full", list(SEEN_FAMILIES)))
     if cfg.fmsd_ablation:
         with timer.stage("FMSD ablation"):
             for name, options in FMSD_ABLATION:
                 path = out / "models" / f"{name}-{ABLATION_FAMILY}.safetensors"
-                _train(base, data, [ABLATION_FAMILY], path, cfg, seed, bars.training(name), "fmsd", options)
+                _train(base, data, [ABLATION_FAMILY], path, cfg, seed, within(progress, name), "fmsd", options)
                 models.append((f"{name}-{ABLATION_FAMILY}", path, "specialist", "fmsd", [ABLATION_FAMILY]))
 
     for method in cfg.specialist_methods:
         prefix = "" if method == "full" else f"{method}-"
         specialists = [out / "models" / f"{prefix}{f}.safetensors" for f in SEEN_FAMILIES]
-        merged = _merge_all(base, specialists, out / "models", prefix, cfg, timer, bars)
+        merged = _merge_all(base, specialists, out / "models", prefix, cfg, timer, progress)
         models += [(name, path, "merged", m, list(SEEN_FAMILIES)) for name, path, m in merged]
 
     rows, val_rows = [], []
     with timer.stage("evaluate every model on every family"):
         # One pass over each split for all models (tiny models: all fit in memory at once).
-        rows = _evaluate(models, data, "test", out, bars.counter(f"test images x {len(models)} models"))
+        rows = _evaluate(models, data, "test", out, within(progress, f"test images x {len(models)} models"))
         if cfg.r2m_options:  # R²M's open options are ranked on validation (never on test)
             ranked = [m for m in models if m[2] == "merged" and m[0].startswith("r2m") and "(" not in m[0]]
-            val_rows = _evaluate(ranked, data, "val", out, bars.counter(f"val images x {len(ranked)} models"))
+            val_rows = _evaluate(ranked, data, "val", out, within(progress, f"val images x {len(ranked)} models"))
 
     with timer.stage("detect (merged r2m on test frames)"):
         detections = _detect_examples(out, data)
@@ -225,7 +172,7 @@ def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, cache: str
 
 
 def _evaluate(models: list[tuple[str, Path, str, str | None, list[str]]], data: Path, split: str, out: Path,
-              progress: Callable[[int, int], None] | None) -> list[dict]:
+              progress: Progress) -> list[dict]:
     from fakemerge.evaluation.runner import evaluate_many, family_rows
     from fakemerge.lab.families import SEEN_FAMILIES
 
@@ -250,7 +197,7 @@ def _train(base: str, data: Path, families: list[str], out: Path, cfg: DemoScale
 
 
 def _merge_all(base: str, specialists: list[Path], out_dir: Path, prefix: str, cfg: DemoScale, timer: _Timer,
-               bars: StageBars) -> list[tuple[str, Path, str]]:
+               progress: Progress) -> list[tuple[str, Path, str]]:
     """Every merge of the seen-family specialists, then the composability experiment (3 families + FE)."""
     from fakemerge.merging.engine import add_specialists, merge_files
 
@@ -260,7 +207,7 @@ def _merge_all(base: str, specialists: list[Path], out_dir: Path, prefix: str, c
     with timer.stage(f"merge {prefix or 'full-'}specialists"):
         for name, method, params in plan + options:
             path = out_dir / f"merged-{prefix}{name}.safetensors"
-            merge_files(method, base, specialists, path, params=params, progress=bars.merging(f"merge {name}"))
+            merge_files(method, base, specialists, path, params=params, progress=within(progress, f"merge {name}"))
             done.append((prefix + name, path, method))
     with timer.stage(f"composable re-merge of {prefix or 'full-'}specialists (FS,FR,EFS then --add FE)"):
         three = [p for p in specialists if not p.stem.endswith("FE")]

@@ -8,7 +8,7 @@ and the cause) and the rest of the batch goes on.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from fakemerge.data.faces import crop_face
-from fakemerge.data.transforms import batch_inputs
 from fakemerge.data.video import is_video, sample_indexed
 from fakemerge.errors import FakemergeError, InputError
 from fakemerge.evaluation.metrics import AGGREGATIONS, aggregate
 from fakemerge.models.detector import Detector, load_detector
+from fakemerge.models.preprocessing import batch_inputs
+from fakemerge.progress import Progress, silent
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 THRESHOLD = 0.5
@@ -109,7 +110,7 @@ def _decode(path: Path, *, frames: int, face: str, no_face: str, size: int) -> _
 def detect(model: str | os.PathLike | Detector, inputs: Iterable[str | os.PathLike], *, frames: int = 8,
            agg: str = "mean", k: int = 3, face: str = "none", no_face: str = "whole", batch_size: int = 64,
            heatmap_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
-           progress: Callable[[int, int], None] | None = None) -> Iterator[DetectResult]:
+           progress: Progress = silent) -> Iterator[DetectResult]:
     """Score each input (in order); an input that fails yields a result with `error` set."""
     if agg not in AGGREGATIONS:
         raise InputError(f"--agg {agg}: choose one of {', '.join(AGGREGATIONS)}")
@@ -137,8 +138,7 @@ def detect(model: str | os.PathLike | Detector, inputs: Iterable[str | os.PathLi
                 if heatmap_dir is not None:
                     r.heatmap = str(_save_heatmap(detector, unit, Path(heatmap_dir), done))
             done += 1
-            if progress is not None:
-                progress(done, len(paths))
+            progress("detect", done, len(paths))
             yield r
         pending, n_frames = [], 0
 
@@ -153,11 +153,10 @@ def detect(model: str | os.PathLike | Detector, inputs: Iterable[str | os.PathLi
 
 def _score(detector: Detector, crops: list[np.ndarray], batch_size: int) -> list[float]:
     device = next(detector.parameters()).device
-    size = detector.config.image_size
     out: list[float] = []
     with torch.inference_mode():
         for i in range(0, len(crops), batch_size):
-            pixels = batch_inputs(crops[i:i + batch_size], size).to(device)
+            pixels = batch_inputs(crops[i:i + batch_size], detector.preprocessing).to(device)
             out += detector(pixels).softmax(-1)[:, 1].float().cpu().tolist()
     return out
 
@@ -169,7 +168,7 @@ def _save_heatmap(detector: Detector, unit: _Unit, folder: Path, number: int) ->
 
     best = int(np.argmax(unit.result.frame_scores))
     crop = unit.crops[best]
-    pixels = batch_inputs([crop], detector.config.image_size).to(next(detector.parameters()).device)
+    pixels = batch_inputs([crop], detector.preprocessing).to(next(detector.parameters()).device)
     small = min(crop.shape[:2]) < 256
     shown = cv2.resize(crop, (256, 256), interpolation=cv2.INTER_CUBIC) if small else crop
     image = overlay(shown, gradcam(detector, pixels)[0])

@@ -1,4 +1,4 @@
-"""`fakemerge` command line: thin — parses, calls the library, prints with rich.
+"""`fakemerge` command line: thin — parses, calls the library, prints through `cli.ui`.
 
 Exit codes: 0 ok, 1 some inputs failed (each reported), 2 usage/config error. Errors are one line;
 `--debug` shows the traceback.
@@ -9,13 +9,12 @@ from __future__ import annotations
 import sys
 
 import typer
-from rich.console import Console
 
+from fakemerge.cli.ui import err as console
 from fakemerge.errors import FakemergeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Composable deepfake detection: specialists, training-free merging, evaluation, detection.")
-console = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
 
 

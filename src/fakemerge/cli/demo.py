@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console(width=None if sys.stdout.isatty() else 160)  # logs keep whole model names
+from fakemerge.cli import ui
 
 
 def demo(
@@ -25,16 +22,18 @@ def demo(
 
     if scale not in SCALES:
         raise InputError(f"--scale {scale}: expected one of {', '.join(SCALES)}")
-    bars = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
-    with bars:
-        result = run_demo(out, scale=scale, seed=seed, cache=cache, log=console.print, progress=bars)
-    console.print(_table(result.rows))
+    with ui.bars(ui.out) as progress:
+        result = run_demo(out, scale=scale, seed=seed, cache=cache, log=_log, progress=progress)
+    ui.out.print(_table(result.rows))
     for d in result.detections:
         verdict = "error" if d.get("error") else ("FAKE" if d["score"] >= 0.5 else "real")
-        console.print(f"detect {d['input']}: P(fake)={d.get('score', float('nan')):.3f} -> {verdict}")
-    console.print(f"total {result.timings['total']:.0f} s; results: {result.paths['results']}, "
+        ui.out.print(f"detect {d['input']}: P(fake)={d.get('score', float('nan')):.3f} -> {verdict}")
+    ui.out.print(f"total {result.timings['total']:.0f} s; results: {result.paths['results']}, "
                   f"table: {result.paths['table']}, heatmap: {result.paths['heatmap']}")
+
+
+def _log(line: str) -> None:
+    ui.out.print(line, markup=False, highlight=False)
 
 
 def _table(rows: list[dict]) -> Table:

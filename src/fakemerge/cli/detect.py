@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from fakemerge.cli import ui
 from fakemerge.errors import PartialFailure
-
-out_console = Console()
 
 
 def detect_command(
@@ -26,11 +24,10 @@ def detect_command(
     heatmaps: Path = typer.Option(None, "--heatmaps", help="Write a Grad-CAM overlay PNG per input here."),
 ) -> None:
     """Detect deepfakes: a table of input, frames, P(fake) and verdict."""
-    from fakemerge.cli.evaluate import progress_bar
     from fakemerge.inference import detect
     from fakemerge.io import write_json
 
-    with progress_bar("detect") as progress:
+    with ui.bars() as progress:
         results = list(detect(model, [str(p) for p in inputs], frames=frames, agg=agg, k=topk, face=face,
                               no_face=no_face, batch_size=batch_size, heatmap_dir=heatmaps,
                               progress=progress))
@@ -45,10 +42,10 @@ def detect_command(
         else:
             colour = "red" if r.verdict == "fake" else "green"
             table.add_row(r.input, str(r.frames), f"{r.score:.4f}", f"[{colour}]{r.verdict}[/{colour}]")
-    out_console.print(table)
+    ui.out.print(table)
     notes = sum(len(r.notes) for r in results)
     if notes:
-        out_console.print(f"[yellow]{notes} frame(s) had no face[/yellow] (policy --no-face {no_face}; "
+        ui.out.print(f"[yellow]{notes} frame(s) had no face[/yellow] (policy --no-face {no_face}; "
                           "details in --json)", highlight=False)
     if json_out is not None:
         write_json(json_out, [r.to_dict() for r in results])

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from fakemerge.cli import ui
 from fakemerge.errors import InputError
-
-out_console = Console()
 
 
 def split_list(values: list[str] | None) -> list[str] | None:
@@ -20,16 +16,6 @@ def split_list(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
-
-
-@contextlib.contextmanager
-def progress_bar(description: str):
-    """A rich progress bar on stderr, yielding a (done, total) callback."""
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True), transient=True)
-    with bar:
-        task = bar.add_task(description, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def report_table(report: dict) -> Table:
@@ -75,23 +61,23 @@ def eval_command(
                          "(they name the outputs)")
     seen_families = split_list(seen) or sorted({f for meta in metas for f in meta.families})
     out_dirs = [out] if len(models) == 1 else [out / name for name in names]
-    with progress_bar(f"eval {len(models)} model(s)") as progress:
+    with ui.bars() as progress:
         reports = evaluate_many(models, data, out_dirs=out_dirs, names=names, split=split,
                                 families=split_list(families), video_agg=video_agg, k=topk, batch_size=batch_size,
                                 root=root, progress=progress, models_per_pass=models_per_pass)
     rows = []
     for report, meta, name in zip(reports, metas, names, strict=True):
-        out_console.print(report_table(report))
+        ui.out.print(report_table(report))
         if report["skipped"]:
-            out_console.print(f"[yellow]skipped {len(report['skipped'])} unreadable image(s)[/yellow]: "
+            ui.out.print(f"[yellow]skipped {len(report['skipped'])} unreadable image(s)[/yellow]: "
                               f"{report['skipped'][0]}", highlight=False)
         rows += family_rows(report, name, meta.kind, meta.method, meta.families, seen_families)
     write_json(out / "results.json", clean(rows))
     if len(models) > 1:
         write_text(out / "results.md", results_markdown(rows))
         auc_heatmap(rows, out / "heatmap.png")
-        out_console.print(results_markdown(rows), highlight=False)
-    out_console.print(f"wrote reports to {out}", highlight=False)
+        ui.out.print(results_markdown(rows), highlight=False)
+    ui.out.print(f"wrote reports to {out}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

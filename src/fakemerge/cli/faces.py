@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from fakemerge.cli import ui
 from fakemerge.errors import PartialFailure
-
-out_console = Console()
 
 
 def faces_command(
@@ -26,23 +24,22 @@ def faces_command(
     no_face: str = typer.Option("skip", "--no-face", help="When no face is found: skip | whole | error."),
 ) -> None:
     """Preprocess videos/images into aligned face crops and a dataset JSON that `train`/`eval` read."""
-    from fakemerge.cli.evaluate import progress_bar
     from fakemerge.data.faces import preprocess
     from fakemerge.io import write_json
 
-    with progress_bar("faces") as progress:
+    with ui.bars() as progress:
         json_path, statuses = preprocess(inputs, out, label=label, family=family, dataset=dataset,
                                          split=split, backend=face, frames=frames, size=size,
                                          margin=margin, no_face=no_face, progress=progress)
     write_json(out / "faces_report.json", statuses)
     no_face_frames = sum(st in ("skipped", "whole") for s in statuses for st in s["face_status"])
     kept = sum(s["frames"] for s in statuses)
-    out_console.print(f"{kept} crops from {len(statuses)} input(s) -> {json_path}; {no_face_frames} frame(s) "
+    ui.out.print(f"{kept} crops from {len(statuses)} input(s) -> {json_path}; {no_face_frames} frame(s) "
                       f"without a face (--no-face {no_face}); details in {out / 'faces_report.json'}",
                       highlight=False)
     failed = [s for s in statuses if s["error"]]
     for s in failed:
-        out_console.print(f"[red]failed[/red]: {s['error']}", highlight=False)
+        ui.out.print(f"[red]failed[/red]: {s['error']}", highlight=False)
     if failed:
         raise PartialFailure(f"{len(failed)} of {len(statuses)} input(s) failed")
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-out_console = Console()
-err_console = Console(stderr=True)
+from fakemerge.cli import ui
 
 
 def import_command(
@@ -25,17 +23,17 @@ def import_command(
 
     result = import_checkpoint(src, out, base=base, families=list(family or []), fmt=fmt)
     meta = result.meta
-    out_console.print(f"[green]imported[/green] {src} ({result.format}) → {out}: "
+    ui.out.print(f"[green]imported[/green] {src} ({result.format}) → {out}: "
                       f"{meta.backbone_config['num_hidden_layers']} layers, hidden "
                       f"{meta.backbone_config['hidden_size']}, families {', '.join(meta.families) or '-'}",
                       highlight=False)
     if result.dropped:
         more = " …" if len(result.dropped) > 5 else ""
-        err_console.print(f"[yellow]note:[/yellow] ignored {len(result.dropped)} tensor(s) outside "
+        ui.err.print(f"[yellow]note:[/yellow] ignored {len(result.dropped)} tensor(s) outside "
                           f"backbone/head: {', '.join(result.dropped[:5])}{more}",
                           highlight=False)
     if meta.base_hash is None:
-        err_console.print("[yellow]note:[/yellow] no --base given: the file records no base hash, so "
+        ui.err.print("[yellow]note:[/yellow] no --base given: the file records no base hash, so "
                           "merging it needs --force (and heads = hidden/64 was assumed)", highlight=False)
 
 

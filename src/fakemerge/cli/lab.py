@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fakemerge.cli import ui
 from fakemerge.errors import InputError
 
-console = Console()
 lab = typer.Typer(no_args_is_help=True, help="ForgeryLab: procedural forgery benchmark and tiny base.")
-
-
-@contextlib.contextmanager
-def _bar(what: str):
-    bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=Console(stderr=True), transient=True)
-    with bar:
-        task = bar.add_task(what, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 @lab.command("generate")
@@ -36,11 +24,11 @@ def generate_cmd(
     from fakemerge.lab.generate import generate
 
     try:
-        with _bar("generating") as progress:
+        with ui.bars() as progress:
             js = generate(out, size=size, seed=seed, scale=scale, progress=progress)
     except ValueError as e:
         raise InputError(str(e)) from None
-    console.print(f"dataset: {js}; contact sheets: {out / 'contact'}")
+    ui.out.print(f"dataset: {js}; contact sheets: {out / 'contact'}")
 
 
 @lab.command("pretrain")
@@ -54,9 +42,9 @@ def pretrain_cmd(
 
     if scale not in SETTINGS:
         raise InputError(f"--scale {scale}: expected one of {', '.join(SETTINGS)}")
-    with _bar("pretraining") as progress:
+    with ui.bars() as progress:
         report = pretrain(out, seed=seed, scale=scale, progress=progress)
-    console.print(f"base: {out} (probe accuracy pretrained {json.dumps(report['probe_pretrained'])} vs "
+    ui.out.print(f"base: {out} (probe accuracy pretrained {json.dumps(report['probe_pretrained'])} vs "
                   f"random init {json.dumps(report['probe_random_init'])})")
 
 

@@ -8,29 +8,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fakemerge.cli import ui
 from fakemerge.errors import InputError
-
-out_console = Console()
-err_console = Console(stderr=True)
-
-
-@contextlib.contextmanager
-def stage_progress():
-    """A rich bar on stderr; yields the engine's (stage, done, total) callback."""
-    bar = Progress(TextColumn("{task.description:>6}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=err_console, transient=True)
-    with bar:
-        task = bar.add_task("", total=None)
-        yield lambda stage, done, total: bar.update(task, description=stage, completed=done, total=total)
 
 
 def build_recipe(inputs: list[str], method: str | None, base: str | None, add: list[str],
@@ -83,14 +68,14 @@ def merge_command(
     params = parse_assignments(list(set_ or []), "--set")
     recipe = build_recipe(list(inputs or []), method, base, list(add or []), from_, params, head, out)
     start = time.perf_counter()
-    with stage_progress() as progress:
+    with ui.bars() as progress:
         result = merge_files(recipe.method, recipe.base, recipe.models, recipe.out, params=recipe.parameters,
                              head=recipe.head, report_dir=report, force=force, expected_hashes=recipe.hashes,
                              progress=progress)
     seconds = time.perf_counter() - start
     meta = result.meta
     shown = ", ".join(f"{k}={v}" for k, v in meta.recipe["parameters"].items()) or "none"
-    out_console.print(f"[green]merged[/green] {len(recipe.models)} specialists with {meta.method} ({shown}) "
+    ui.out.print(f"[green]merged[/green] {len(recipe.models)} specialists with {meta.method} ({shown}) "
                       f"→ {result.out} in {seconds:.1f} s; families: {', '.join(meta.families) or '-'}",
                       highlight=False)
     table = Table(title="task vectors")
@@ -101,12 +86,12 @@ def merge_command(
         table.add_column(f"cos {n}", justify="right")
     for n, norm, row in zip(names, result.norms, result.cosine, strict=True):
         table.add_row(n, f"{norm:.4g}", *(f"{c:.3f}" for c in row))
-    out_console.print(table)
+    ui.out.print(table)
     for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        ui.err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if report is not None:
         plots = len(result.report_files) - 1
-        out_console.print(f"report: {report}/report.json (+ {plots} plots)", highlight=False)
+        ui.out.print(f"report: {report}/report.json (+ {plots} plots)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

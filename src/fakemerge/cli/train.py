@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fakemerge.cli import ui
 from fakemerge.config import TrainConfig, build, parse_assignments, read_yaml
 
 _METHOD_FLAGS = ("rank", "subspaces", "layer_ratio", "score", "lambda_orth", "lambda_spec")
@@ -45,7 +45,6 @@ def train_command(
     """Fine-tune a detector on the reals plus the fakes of FAMILIES; keeps the best epoch on validation."""
     import transformers
 
-    from fakemerge.cli import console
     from fakemerge.training.trainer import train
 
     transformers.utils.logging.disable_progress_bar()
@@ -64,58 +63,16 @@ def train_command(
     cfg = build(TrainConfig, file_settings, flags, parse_assignments(sets or [], "--set"),
                 str(config) if config is not None else "train settings")
 
-    with _ProgressView(console) as view:
-        result = train(cfg, progress=view)
+    with ui.bars() as progress:
+        result = train(cfg, progress=progress)
     if result.is_main_process:
         val = ", ".join(f"{k} {v:.4f}" for k, v in result.val.items()) or "no validation"
-        console.print(f"wrote {result.out} (epoch {result.selected_epoch} selected: val {val}; "
+        ui.err.print(f"wrote {result.out} (epoch {result.selected_epoch} selected: val {val}; "
                       f"{result.trainable_params:,} of {result.total_params:,} parameters trained)")
         if result.skipped:
-            console.print(f"[yellow]{len(result.skipped)} image(s) skipped[/yellow] (missing or unreadable)")
+            ui.err.print(f"[yellow]{len(result.skipped)} image(s) skipped[/yellow] (missing or unreadable)")
 
-
-class _ProgressView:
-    """Turns trainer events into a rich progress bar (per step, with loss) and one line per epoch."""
-
-    def __init__(self, console):
-        self.console = console
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=console,
-                            transient=True)
-        self.task = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar.live.is_started:  # started at the "start" event: early input errors stay one clean line
-            self.bar.stop()
-
-    def __call__(self, event: str, **info) -> None:
-        if event == "start":
-            self.bar.start()
-            self.console.print(f"training {info['method']}: {info['n_train']} train / {info['n_val']} val "
-                               f"images, {info['trainable_params']:,} trainable parameters")
-            self.epochs = info["epochs"]
-            self.steps = info["steps_per_epoch"]
-        elif event == "step":
-            if self.task is None or info["step"] == 1:
-                if self.task is not None:
-                    self.bar.remove_task(self.task)
-                self.task = self.bar.add_task(f"epoch {info['epoch']}/{self.epochs}", total=self.steps,
-                                              loss="-")
-            self.bar.update(self.task, completed=info["step"], loss=f"{info['loss']:.4f}")
-        elif event == "epoch":
-            val = "val " + " ".join(f"{k[4:]} {info[k]:.4f}" for k in ("val_auc", "val_acc", "val_loss")
-                                    if k in info)
-            self.console.print(f"epoch {info['epoch']}/{self.epochs}  train loss {info['train_loss']:.4f}  "
-                               f"{val}  best {info['selected']}", highlight=False)
-        elif event == "skipped":
-            self.console.print(f"[yellow]skipped:[/yellow] {info['message']}", highlight=False)
-        elif event == "note":
-            self.console.print(info["message"], highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's command(s) to the root app."""
     app.command("train")(train_command)

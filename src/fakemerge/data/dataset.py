@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from fakemerge.data.records import Record
-from fakemerge.data.transforms import to_input
+from fakemerge.models.preprocessing import Preprocessing, to_input
 
 SKIPPED_LABEL = -1
 
@@ -69,12 +69,12 @@ DECODED = DecodedCache(int(float(os.environ.get("FAKEMERGE_DECODE_CACHE_MB", "10
 
 
 class ImageDataset(Dataset):
-    """Yields (pixels 3xSxS float32, label, index into `self.records`)."""
+    """Yields (pixels 3xSxS float32 made by the model's `prep`, label, index into `self.records`)."""
 
-    def __init__(self, root: str | os.PathLike, records: list[Record], size: int, flip: bool = False,
+    def __init__(self, root: str | os.PathLike, records: list[Record], prep: Preprocessing, flip: bool = False,
                  seed: int = 0):
         self.root = Path(root)
-        self.size = size
+        self.prep = prep
         self.flip = flip
         self.seed = seed
         self.epoch = 0
@@ -97,10 +97,10 @@ class ImageDataset(Dataset):
         record = self.records[index]
         image = DECODED.read(self.root / record.path)
         if image is None:
-            return torch.zeros(3, self.size, self.size), SKIPPED_LABEL, index
+            return torch.zeros(3, self.prep.size, self.prep.size), SKIPPED_LABEL, index
         if self.flip and _coin(self.seed, self.epoch, index):
             image = image[:, ::-1]
-        return torch.from_numpy(to_input(image, self.size)), record.label, index
+        return torch.from_numpy(to_input(image, self.prep)), record.label, index
 
     def note_skipped(self, indices) -> list[str]:
         """Record (once each) the unreadable images at these indices; returns the new messages."""

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from fakemerge.errors import InputError
+from fakemerge.progress import Progress, silent
 
 NO_FACE_POLICIES = ("skip", "whole", "error")
 # ArcFace 112x112 template: left eye, right eye, nose tip, left and right mouth corners (image coordinates)
@@ -158,7 +159,7 @@ def crop_face(image: np.ndarray, backend: str = "none", *, size: int = 256, marg
 
 def preprocess(inputs, out_dir, *, label: str, family: str | None = None, dataset: str = "Faces",
                split: str = "test", backend: str = "dlib", frames: int = 32, size: int = 256,
-               margin: float = 1.3, no_face: str = "skip", progress=None) -> tuple[Path, list[dict]]:
+               margin: float = 1.3, no_face: str = "skip", progress: Progress = silent) -> tuple[Path, list[dict]]:
     """Videos/images -> aligned face crops + a DeepfakeBench-style JSON (merged into an existing one).
 
     Layout: OUT/<family>/<split>/<video>/<frame index>.png and OUT/<dataset>.json with the label group
@@ -211,8 +212,7 @@ def preprocess(inputs, out_dir, *, label: str, family: str | None = None, datase
         except InputError as e:
             status["error"] = str(e)
         statuses.append(status)
-        if progress is not None:
-            progress(n, len(paths))
+        progress("faces", n, len(paths))
     write_json(json_path, table)
     return json_path, statuses
 

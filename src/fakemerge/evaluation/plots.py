@@ -13,13 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from fakemerge.io import atomic_path  # noqa: E402
-
-
-def _save(fig, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+from fakemerge.io import save_figure  # noqa: E402
 
 
 def roc_plot(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], path: str | os.PathLike,
@@ -35,7 +29,7 @@ def roc_plot(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], path: 
     ax.set(xlabel="false positive rate (reals called fake)", ylabel="true positive rate (fakes caught)",
            xlim=(0, 1), ylim=(0, 1.01), title=title)
     ax.legend(loc="lower right", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def auc_heatmap(rows: Sequence[Mapping], path: str | os.PathLike, metric: str = "auc",
@@ -59,4 +53,4 @@ def auc_heatmap(rows: Sequence[Mapping], path: str | os.PathLike, metric: str = 
             ax.text(j, i, "n/a" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax, label=metric.upper())
     ax.set_title(title or f"{metric.upper()} per model and family († unseen)")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -10,7 +10,7 @@ import contextlib
 import csv
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,8 @@ from fakemerge.evaluation.plots import roc_plot
 from fakemerge.evaluation.report import write_report
 from fakemerge.io import atomic_path
 from fakemerge.models.detector import Detector, ModelMeta, load_detector
+from fakemerge.progress import Progress, silent
 
-Progress = Callable[[int, int], None]  # (images done, images total)
 CSV_COLUMNS = ("path", "video", "family", "label", "score")
 
 
@@ -35,7 +35,7 @@ def default_device() -> torch.device:
 @torch.no_grad()
 def predict(detectors: Detector | Sequence[Detector], root: str | os.PathLike, records: Sequence[Record], *,
             batch_size: int = 128, csv_path: str | os.PathLike | Sequence[str | os.PathLike],
-            progress: Progress | None = None, num_workers: int = 0) -> Path | list[Path]:
+            progress: Progress = silent, num_workers: int = 0) -> Path | list[Path]:
     """Score every record with each detector and stream (path, video, family, label, score) rows to its CSV.
 
     Several detectors share one pass over the data (each image is decoded once); give one CSV path per
@@ -49,10 +49,10 @@ def predict(detectors: Detector | Sequence[Detector], root: str | os.PathLike, r
     csv_paths = [Path(csv_path)] if single else [Path(p) for p in csv_path]
     if len(csv_paths) != len(detectors):
         raise ValueError(f"{len(detectors)} detectors but {len(csv_paths)} CSV paths")
-    sizes = {d.config.image_size for d in detectors}
-    if len(sizes) != 1:
-        raise InputError(f"models with different input sizes ({sorted(sizes)}) cannot share a pass")
-    dataset = ImageDataset(root, list(records), sizes.pop())
+    preps = {d.preprocessing for d in detectors}
+    if len(preps) != 1:
+        raise InputError(f"models with different preprocessing ({', '.join(map(str, preps))}) cannot share a pass")
+    dataset = ImageDataset(root, list(records), preps.pop())
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers)
     for detector in detectors:
@@ -75,8 +75,7 @@ def predict(detectors: Detector | Sequence[Detector], root: str | os.PathLike, r
                     writer.writerows((r.path, r.video, r.family, r.label, f"{score:.6g}")
                                      for r, score in zip(rows, scores, strict=True))
             done += len(index) + len(bad)
-            if progress is not None:
-                progress(done, len(dataset))
+            progress("eval", done, len(dataset))
     for path in csv_paths:
         _write_skipped(path, dataset.skipped)
     return csv_paths[0] if single else csv_paths
@@ -141,7 +140,7 @@ def evaluate(model: str | os.PathLike | Detector, data: str | os.PathLike, *, ou
 def evaluate_many(models: Sequence[str | os.PathLike | Detector], data: str | os.PathLike, *,
                   out_dirs: Sequence[str | os.PathLike], names: Sequence[str | None] | None = None,
                   split: str = "test", families: list[str] | None = None, video_agg: str = "mean", k: int = 3,
-                  batch_size: int = 128, root: str | os.PathLike | None = None, progress: Progress | None = None,
+                  batch_size: int = 128, root: str | os.PathLike | None = None, progress: Progress = silent,
                   device: str | torch.device | None = None, roc: bool = True, models_per_pass: int = 8
                   ) -> list[dict]:
     """Evaluate several models on one split, `models_per_pass` at a time sharing each pass over the data

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 from fakemerge.io import atomic_path, write_json
 from fakemerge.lab.families import FAMILIES, SEEN_FAMILIES, STRENGTH, UNSEEN_FAMILIES, forge, plan_video
 from fakemerge.lab.render import finish, moved, random_camera, random_identity, random_pose, render, sensor
+from fakemerge.progress import Progress, silent
 
 DATASET = "ForgeryLab"
 SPLITS = ("train", "val", "test")
@@ -108,7 +108,7 @@ def settings_hash(**settings) -> str:
 
 
 def generate(out_dir: str | Path, *, size: int = 64, seed: int = 0, scale: str = "small",
-             progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> Path:
+             progress: Progress = silent, workers: int | None = None) -> Path:
     """Generate (or reuse, when OUT already holds the same settings) a ForgeryLab dataset; returns its JSON.
 
     Videos are rendered by `workers` processes (default: one per CPU core, at most 8); every pixel is a
@@ -138,8 +138,7 @@ def generate(out_dir: str | Path, *, size: int = 64, seed: int = 0, scale: str =
                 "label": group, "family": family, "frames": paths}
             if split == "test" and v == 0 and len(examples.setdefault(family, [])) < 8:
                 examples[family].append((i, first))
-            if progress:
-                progress(n + 1, len(videos))
+            progress("generate", n + 1, len(videos))
     write_json(js, {DATASET: tree})
     _contact_sheets(out / "contact", examples, seed, size, sc.frames)
     stamp.write_text(key)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,11 +21,12 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 from transformers import CLIPVisionModel
 
-from fakemerge.data.transforms import batch_inputs
 from fakemerge.io import atomic_path, write_json
 from fakemerge.lab.generate import settings_hash
 from fakemerge.lab.render import finish, random_camera, random_identity, random_pose, render, sensor
 from fakemerge.models.backbone import tiny_config
+from fakemerge.models.preprocessing import Preprocessing, batch_inputs
+from fakemerge.progress import Progress, silent
 
 # Small-scale base, compared by the FE/FR/FS specialists' mean validation AUC: 5 epochs of batch 128 0.943,
 # 4 epochs 0.946 (12 s faster, but its FS specialist fell to 0.877 test AUC, under the benchmark's 0.90
@@ -93,7 +93,7 @@ def probe(tower: CLIPVisionModel, x: torch.Tensor, ids: np.ndarray, cams: np.nda
 
 
 def pretrain(out_dir: str | Path, *, data=None, seed: int = 0, scale: str = "small", seconds: float | None = None,
-             progress: Callable[[int, int], None] | None = None) -> dict:
+             progress: Progress = silent) -> dict:
     """Train θ0 (or reuse OUT when it holds a base made with the same settings); returns the report.
 
     `data` is accepted for API symmetry and ignored: the base renders its own reals. `seconds` caps the
@@ -110,9 +110,10 @@ def pretrain(out_dir: str | Path, *, data=None, seed: int = 0, scale: str = "sma
     torch.manual_seed(seed)
     config = tiny_config()
     images, ids, cams = real_images(cfg["identities"], cfg["per_identity"], seed, config.image_size)
-    x = batch_inputs(list(images), config.image_size)
+    prep = Preprocessing(size=config.image_size)
+    x = batch_inputs(list(images), prep)
     held_imgs, held_ids, held_cams = real_images(40, 10, seed + 1, config.image_size)
-    held = batch_inputs(list(held_imgs), config.image_size)
+    held = batch_inputs(list(held_imgs), prep)
     random_probe = probe(CLIPVisionModel(config), held, held_ids, held_cams)
 
     model = _Pretext(CLIPVisionModel(config), cfg["identities"])
@@ -135,8 +136,7 @@ def pretrain(out_dir: str | Path, *, data=None, seed: int = 0, scale: str = "sma
             opt.step()
             sched.step()
             step += 1
-            if progress:
-                progress(step, steps)
+            progress("pretrain", step, steps)
             if seconds is not None and time.perf_counter() - t0 > seconds:
                 cut = True
                 break

@@ -22,11 +22,14 @@ import torch
 
 from fakemerge.errors import InputError
 from fakemerge.io import atomic_path
+from fakemerge.io.safetensors import LazyState, SafetensorsWriter
+from fakemerge.keys import HEAD_KEYS
 from fakemerge.merging.recipe import portable
 from fakemerge.merging.report import jsonable, outlier_warnings, write_report
-from fakemerge.merging.tensors import HEAD_KEYS, LazyState, Progress, SafetensorsWriter, scan_inputs
+from fakemerge.merging.scan import scan_inputs
 from fakemerge.models.backbone import backbone_state, config_to_dict, load_base
 from fakemerge.models.detector import ModelMeta, read_meta
+from fakemerge.progress import Progress, silent
 
 HEAD_MODES = ("average", "norm_matched")
 Layout = dict[str, tuple[torch.dtype, tuple[int, ...]]]
@@ -122,7 +125,7 @@ def merge_files(method: str, base: str | os.PathLike, specialists: list[str | os
                 out: str | os.PathLike, *, params: dict | None = None, head: str = "average",
                 report_dir: str | os.PathLike | None = None, force: bool = False,
                 expected_hashes: list[str | None] | None = None,
-                progress: Progress | None = None) -> MergeResult:
+                progress: Progress = silent) -> MergeResult:
     """Merge specialist files into one detector file; peak memory ≈ one tensor per input + the method's needs.
 
     `expected_hashes` (from a stored recipe) must equal each specialist's content hash unless `force`;
@@ -170,8 +173,7 @@ def merge_files(method: str, base: str | os.PathLike, specialists: list[str | os
         for done, (key, tensor) in enumerate(merge_iter(method, b.state, states, diagnostics=diagnostics,
                                                         **full_params)):
             writer.write(key, tensor)
-            if progress:
-                progress("merge", done + 1, len(layout))
+            progress("merge", done + 1, len(layout))
         for k, v in merge_heads(heads, head).items():
             writer.write(k, v)
         diagnostics = jsonable(diagnostics)
@@ -189,7 +191,7 @@ def merge_files(method: str, base: str | os.PathLike, specialists: list[str | os
 
 def add_specialists(merged: str | os.PathLike, new: list[str | os.PathLike], out: str | os.PathLike, *,
                     force: bool = False, report_dir: str | os.PathLike | None = None,
-                    progress: Progress | None = None) -> MergeResult:
+                    progress: Progress = silent) -> MergeResult:
     """The composable re-merge: MERGED's stored recipe (same base, method, parameters) plus NEW specialists.
 
     Old specialists are never retrained; their recorded content hashes must still match unless `force`.

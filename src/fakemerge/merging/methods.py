@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import torch
 
-from fakemerge.merging.streams import TaskStream, bare
+from fakemerge.keys import bare
+from fakemerge.merging.streams import TaskStream
 
 Merged = Iterator[tuple[str, torch.Tensor]]
 

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import torch
 
+from fakemerge.keys import is_bias_or_norm, is_linear_weight
 from fakemerge.merging.methods import Merged, dare_seed
-from fakemerge.merging.streams import TaskStream, is_bias_or_norm, is_linear_weight
+from fakemerge.merging.streams import TaskStream
 from fakemerge.merging.svd_methods import truncated_svd, truncation_rank
 
 FACTOR_CACHE_LIMIT = 1.0  # cache residual factors up to this fraction of one model's bytes

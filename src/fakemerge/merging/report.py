@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fakemerge.io import write_json
+from fakemerge.io import save_figure, write_json
 
 NORM_FACTOR = 3.0
 COSINE_GAP = 0.25
@@ -97,8 +97,7 @@ def write_report(directory: str | os.PathLike, result, names: Sequence[str]) -> 
 
     def save(fig, name: str) -> None:
         fig.tight_layout()
-        fig.savefig(directory / name, dpi=100)
-        plt.close(fig)
+        save_figure(fig, directory / name, dpi=100)
         files.append(directory / name)
 
     n = len(labels)

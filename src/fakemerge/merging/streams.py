@@ -12,25 +12,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from fakemerge.errors import InputError
-
-PREFIX = "vision_model."
-
-
-def bare(key: str) -> str:
-    """The key without the `vision_model.` prefix: the spelling-independent name of a tensor."""
-    return key.removeprefix(PREFIX)
-
-
-def is_bias_or_norm(key: str) -> bool:
-    """Biases and LayerNorm parameters (CLIP spells them `layer_norm1`, `pre_layrnorm`, `post_layernorm`)."""
-    name = bare(key)
-    return name.endswith("bias") or "norm" in name
-
-
-def is_linear_weight(key: str, t: torch.Tensor) -> bool:
-    """A 2-D weight of an attention or MLP linear: the tensors that R²M and CART truncate to low rank."""
-    name = bare(key)
-    return t.ndim == 2 and name.endswith(".weight") and ("self_attn." in name or "mlp." in name)
+from fakemerge.keys import bare
 
 
 class TaskStream:

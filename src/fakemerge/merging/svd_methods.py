@@ -19,8 +19,9 @@ import math
 
 import torch
 
+from fakemerge.keys import is_linear_weight
 from fakemerge.merging.methods import Merged, dare_seed
-from fakemerge.merging.streams import TaskStream, is_linear_weight
+from fakemerge.merging.streams import TaskStream
 
 EPS32 = torch.finfo(torch.float32).eps
 

@@ -1,8 +1,6 @@
 """CLIP vision towers: from a Hugging Face id, an HF-format directory, a fakemerge file, or a tiny config.
 
-Key names: recent transformers spell `CLIPVisionModel.state_dict()` without the `vision_model.` prefix,
-hub checkpoints (and our files) with it. `canonical()` gives the prefixed spelling; `load_backbone_state`
-accepts either.
+Key names are `fakemerge.keys`' business: `load_backbone_state` accepts either spelling.
 """
 
 from __future__ import annotations
@@ -15,11 +13,9 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from fakemerge.errors import InputError
-from fakemerge.io import tensors_sha256
+from fakemerge.io.safetensors import tensors_sha256
+from fakemerge.keys import PREFIX, canonical, strip_prefix
 
-PREFIX = "vision_model."
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps", "projection_dim")
 
@@ -38,15 +34,6 @@ def config_to_dict(config: CLIPVisionConfig) -> dict:
 
 def config_from_dict(d: Mapping) -> CLIPVisionConfig:
     return CLIPVisionConfig(**{k: v for k, v in d.items() if k in CONFIG_FIELDS})
-
-
-def canonical(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The `vision_model.`-prefixed spelling of a backbone state dict."""
-    return {(k if k.startswith(PREFIX) else PREFIX + k): v for k, v in state.items()}
-
-
-def strip_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k.removeprefix(PREFIX): v for k, v in state.items()}
 
 
 def backbone_state(model: CLIPVisionModel) -> dict[str, torch.Tensor]:

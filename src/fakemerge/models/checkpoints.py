@@ -20,10 +20,9 @@ import torch
 
 from fakemerge.errors import InputError
 from fakemerge.io import file_sha256
-from fakemerge.merging.tensors import canonical_key
+from fakemerge.keys import PREFIX, canonical_key
 from fakemerge.models.backbone import (
     CONFIG_FIELDS,
-    PREFIX,
     backbone_hash,
     config_to_dict,
     load_base,

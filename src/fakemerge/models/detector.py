@@ -1,7 +1,9 @@
 """Detector = CLIP vision tower + linear head on the pooled output; one `.safetensors` file per model.
 
 File layout: backbone tensors under `vision_model.*` (Hugging Face hub spelling), the head under
-`head.weight` / `head.bias`; the header metadata holds a `ModelMeta` (one JSON string per field).
+`head.weight` / `head.bias`; the header metadata holds a `ModelMeta` (one JSON string per field) under
+fakemerge's own marker `fakemerge_format`, and `format: pt` as transformers 4.x requires of every
+safetensors file it loads. Files written before 0.2 carried the marker in `format`: still read.
 """
 
 from __future__ import annotations
@@ -18,16 +20,13 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 import fakemerge
 from fakemerge.errors import InputError
-from fakemerge.io import save_tensors
-from fakemerge.models.backbone import (
-    PREFIX,
-    backbone_state,
-    config_from_dict,
-    config_to_dict,
-    load_backbone_state,
-)
+from fakemerge.io.safetensors import save_tensors
+from fakemerge.keys import PREFIX
+from fakemerge.models.backbone import backbone_state, config_from_dict, config_to_dict, load_backbone_state
+from fakemerge.models.preprocessing import Preprocessing
 
 FORMAT = "fakemerge.detector/1"
+MARKER = "fakemerge_format"
 
 
 @dataclass
@@ -42,26 +41,39 @@ class ModelMeta:
     backbone_config: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)  # training settings or merge recipe
     extra: dict = field(default_factory=dict)  # e.g. layer-mask scores, validation metrics
+    preprocessing: dict = field(default_factory=dict)  # Preprocessing.to_dict(); {}: written before 0.2
+    threshold: float | None = None  # the calibrated P(fake) threshold; None: uncalibrated (0.5 is used)
     version: str = fakemerge.__version__
 
     def to_header(self) -> dict[str, str]:
-        return {"format": FORMAT, **{k: json.dumps(v) for k, v in asdict(self).items()}}
+        return {"format": "pt", MARKER: FORMAT, **{k: json.dumps(v) for k, v in asdict(self).items()}}
 
     @classmethod
     def from_header(cls, header: dict[str, str], source: str) -> ModelMeta:
-        if header.get("format") != FORMAT:
+        if FORMAT not in (header.get(MARKER), header.get("format")):
             raise InputError(f"{source}: not a fakemerge model file (no '{FORMAT}' metadata)")
         names = cls.__dataclass_fields__
         return cls(**{k: json.loads(v) for k, v in header.items() if k in names})
 
+    def preprocessing_for(self, source: str) -> Preprocessing:
+        """The stored preprocessing; files written before 0.2 were all trained with CLIP's statistics at the
+        backbone's input size, which is what they get."""
+        if self.preprocessing:
+            return Preprocessing.from_dict(self.preprocessing, source)
+        return Preprocessing(size=int(self.backbone_config["image_size"]))
+
 
 class Detector(nn.Module):
-    """P(fake) = softmax(head(pooler_output))[:, 1]."""
+    """P(fake) = softmax(head(pooler_output))[:, 1], on inputs made by `preprocessing`; `threshold` is the
+    calibrated decision threshold (None: uncalibrated)."""
 
-    def __init__(self, backbone: CLIPVisionModel):
+    def __init__(self, backbone: CLIPVisionModel, preprocessing: Preprocessing | None = None,
+                 threshold: float | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.config.hidden_size, 2)
+        self.preprocessing = preprocessing or Preprocessing(size=backbone.config.image_size)
+        self.threshold = threshold
 
     @property
     def config(self) -> CLIPVisionConfig:
@@ -83,7 +95,10 @@ class Detector(nn.Module):
 
 
 def save_detector(detector: Detector, path: str | os.PathLike, meta: ModelMeta) -> None:
+    """Write the detector atomically; its config, preprocessing and threshold go into `meta`."""
     meta.backbone_config = config_to_dict(detector.config)
+    meta.preprocessing = detector.preprocessing.to_dict()
+    meta.threshold = detector.threshold
     save_tensors(detector.state_tensors(), path, meta.to_header())
 
 
@@ -99,9 +114,9 @@ def read_meta(path: str | os.PathLike) -> ModelMeta:
     return ModelMeta.from_header(header, str(path))
 
 
-def detector_from_tensors(tensors: dict[str, torch.Tensor], meta: ModelMeta) -> Detector:
+def detector_from_tensors(tensors: dict[str, torch.Tensor], meta: ModelMeta, source: str = "model") -> Detector:
     backbone = CLIPVisionModel(config_from_dict(meta.backbone_config))
-    detector = Detector(backbone)
+    detector = Detector(backbone, meta.preprocessing_for(source), meta.threshold)
     load_backbone_state(backbone, {k: v for k, v in tensors.items() if k.startswith(PREFIX)})
     detector.head.load_state_dict({"weight": tensors["head.weight"], "bias": tensors["head.bias"]})
     return detector.float().eval()
@@ -115,4 +130,4 @@ def load_detector(path: str | os.PathLike) -> tuple[Detector, ModelMeta]:
     tensors = load_file(str(path))
     if "head.weight" not in tensors:
         raise InputError(f"{path}: model file has no head tensors")
-    return detector_from_tensors(tensors, meta), meta
+    return detector_from_tensors(tensors, meta, str(path)), meta

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from fakemerge.io import atomic_path
+from fakemerge.io import save_figure
 from fakemerge.models.subspace import SubspaceLinear
 
 SCORES = ("gsnr", "gradnorm", "random", "all")
@@ -120,5 +120,4 @@ def plot_layer_scores(scores: Mapping[str, float], selected: Iterable[str], path
     ax.set_ylabel("score")
     ax.set_title(f"{title} (red: selected, {len(chosen)}/{len(names)})")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    save_figure(fig, path)

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from fakemerge.errors import InputError
-from fakemerge.io import atomic_path, save_tensors, write_json
+from fakemerge.io import atomic_path, write_json
+from fakemerge.io.safetensors import save_tensors
 
 
 @dataclass

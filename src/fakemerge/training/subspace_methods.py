@@ -23,7 +23,7 @@ from torch import nn
 
 from fakemerge.config import first_error
 from fakemerge.errors import InputError
-from fakemerge.models.backbone import PREFIX
+from fakemerge.keys import PREFIX
 from fakemerge.models.detector import Detector
 from fakemerge.models.layer_mask import gradient_scores, select_layers
 from fakemerge.models.subspace import (

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +29,8 @@ from fakemerge.errors import InputError
 from fakemerge.io import write_text
 from fakemerge.models.backbone import backbone_hash, load_base
 from fakemerge.models.detector import Detector, ModelMeta, save_detector
+from fakemerge.progress import Progress, silent
 from fakemerge.training import checkpoint, methods
-
-Progress = Callable[..., None]  # progress(event, **info); events: start, step, epoch, skipped, note
 
 
 @dataclass
@@ -47,10 +45,16 @@ class TrainResult:
     is_main_process: bool = True
 
 
-def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+def train(config: TrainConfig, progress: Progress = silent) -> TrainResult:
+    """Progress: stage "train" per optimizer step (info: epoch, loss; notes: skipped images, resume) and
+    stage "epoch" after each epoch (note: its summary line; info `record`: its history record)."""
     accelerator = Accelerator()
     main = accelerator.is_main_process
-    emit = progress if (progress is not None and main) else (lambda event, **info: None)
+    emit = progress if main else silent
+    position = {"done": 0, "total": None}
+
+    def note(message: str, **info) -> None:
+        emit("train", position["done"], position["total"], note=message, **info)
     method = methods.get(config.method)
     out = Path(config.out)
     ckpt = checkpoint.checkpoint_dir(out)
@@ -59,14 +63,13 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     train_records, val_records = _splits(records, config, str(config.data))
     base, base_id = load_base(config.base)
     base_hash = backbone_hash(base)
-    size = base.config.image_size
     torch.manual_seed(config.seed)
     detector = Detector(base)
 
-    train_set = ImageDataset(root, train_records, size, flip=config.flip, seed=config.seed)
-    val_set = ImageDataset(root, val_records, size)
+    train_set = ImageDataset(root, train_records, detector.preprocessing, flip=config.flip, seed=config.seed)
+    val_set = ImageDataset(root, val_records, detector.preprocessing)
     for message in train_set.skipped + val_set.skipped:
-        emit("skipped", message=message)
+        note(f"skipped: {message}", skipped=message)
     sampler = EpochShuffle(len(train_set), config.seed)
     workers = config.num_workers if config.num_workers is not None else (0 if accelerator.device.type == "cpu" else 2)
     loader_args = dict(batch_size=config.batch_size, num_workers=workers)
@@ -105,20 +108,21 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         best = {"epoch": saved.state["best_epoch"], "val": saved.state["best_val"], "tensors": saved.best,
                 "info": saved.state.get("best_info", {})}
         start = saved.epochs_done
-        emit("note", message=f"resumed from {ckpt} after epoch {start}")
+        note(f"resumed from {ckpt} after epoch {start}", resumed=start)
     elif config.resume:
-        emit("note", message=f"no checkpoint at {ckpt}; starting from scratch")
+        note(f"no checkpoint at {ckpt}; starting from scratch")
 
-    emit("start", epochs=config.epochs, start_epoch=start, steps_per_epoch=steps, n_train=len(train_set),
-         n_val=len(val_set), trainable_params=n_trainable, total_params=n_total, method=config.method)
+    position.update(done=start * steps, total=config.epochs * steps)
+    note(f"training {config.method}: {len(train_set)} train / {len(val_set)} val images, "
+         f"{n_trainable:,} of {n_total:,} parameters trained")
     for epoch in range(start, config.epochs):
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         train_loader.set_epoch(epoch)  # accelerate's loader re-seeds its sampler from its own epoch count
         info = prepared.on_epoch(epoch, torch_optimizer) if prepared.on_epoch is not None else {}
         train_loss = _train_epoch(model, train_loader, optimizer, scheduler, prepared, steps,
-                                  accelerator, train_set, emit, epoch)
-        val = _evaluate(model, val_loader, accelerator, val_set, emit) if val_records else {}
+                                  accelerator, train_set, emit, note, epoch, position)
+        val = _evaluate(model, val_loader, accelerator, val_set, note) if val_records else {}
         record = {"epoch": epoch + 1, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()},
                   "lr": optimizer.param_groups[0]["lr"], **info}
         if _better(val, best["val"], config.select_metric) or not val_records:
@@ -133,7 +137,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
                             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, state)
             _write_log(out, history)
         accelerator.wait_for_everyone()
-        emit("epoch", **record)
+        emit("epoch", epoch + 1, config.epochs, note=_summary(record, config.epochs), record=record)
 
     skipped = train_set.skipped + val_set.skipped
     if main:
@@ -200,14 +204,15 @@ def _scheduler(optimizer, schedule: str, total_steps: int):
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1))))
 
 
-def _train_epoch(model, loader, optimizer, scheduler, prepared, steps, accelerator, dataset, emit, epoch):
+def _train_epoch(model, loader, optimizer, scheduler, prepared, steps, accelerator, dataset, emit, note, epoch,
+                 position):
     model.train()
     total = torch.zeros(2)
     for step, batch in enumerate(loader):
         if step >= steps:
             break
         pixels, labels, _, bad = drop_skipped(batch)
-        _note_skipped(accelerator, dataset, bad, emit)
+        _note_skipped(accelerator, dataset, bad, note)
         # A batch of only unreadable images gets a zero loss, which keeps DDP processes in step.
         ce = F.cross_entropy(model(pixels), labels) if len(labels) else model(batch[0][:1]).sum() * 0
         loss = ce if prepared.aux_loss is None else ce + prepared.aux_loss()
@@ -218,20 +223,21 @@ def _train_epoch(model, loader, optimizer, scheduler, prepared, steps, accelerat
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         total += torch.tensor([ce.item() * len(labels), len(labels)])
-        emit("step", epoch=epoch + 1, step=step + 1, steps=steps, loss=ce.item())
+        position["done"] = epoch * steps + step + 1
+        emit("train", position["done"], position["total"], epoch=epoch + 1, loss=ce.item())
     total = accelerator.reduce(total.to(accelerator.device), "sum").cpu()
     return (total[0] / total[1]).item() if total[1] > 0 else float("nan")
 
 
 @torch.no_grad()
-def _evaluate(model, loader, accelerator, dataset, emit) -> dict:
+def _evaluate(model, loader, accelerator, dataset, note) -> dict:
     """Validation AUC / ACC (threshold 0.5) / loss over all processes' predictions."""
     model.eval()
     logits_all, labels_all = [], []
     for pixels, labels, indices in loader:
         logits, labels, indices = accelerator.gather_for_metrics((model(pixels), labels, indices))
         good = labels >= 0
-        _note_skipped(accelerator, dataset, indices[~good], emit, gathered=True)
+        _note_skipped(accelerator, dataset, indices[~good], note, gathered=True)
         logits_all.append(logits[good].float().cpu())
         labels_all.append(labels[good].cpu())
     logits, labels = torch.cat(logits_all), torch.cat(labels_all)
@@ -241,7 +247,7 @@ def _evaluate(model, loader, accelerator, dataset, emit) -> dict:
             "loss": float(F.cross_entropy(logits, labels))}
 
 
-def _note_skipped(accelerator, dataset, bad, emit, gathered: bool = False) -> None:
+def _note_skipped(accelerator, dataset, bad, note, gathered: bool = False) -> None:
     """Report unreadable images once each (training batches are sharded, so gather their indices)."""
     if not gathered and accelerator.num_processes > 1:
         counts = accelerator.gather(torch.tensor([len(bad)], device=accelerator.device))
@@ -249,13 +255,19 @@ def _note_skipped(accelerator, dataset, bad, emit, gathered: bool = False) -> No
             return
         bad = _gather_varlen(accelerator, bad)
     for message in dataset.note_skipped(bad.tolist()):
-        emit("skipped", message=message)
+        note(f"skipped: {message}", skipped=message)
 
 
 def _gather_varlen(accelerator, values: torch.Tensor) -> torch.Tensor:
     padded = accelerator.pad_across_processes(values.to(accelerator.device), pad_index=-1)
     gathered = accelerator.gather(padded).cpu()
     return gathered[gathered >= 0]
+
+
+def _summary(record: dict, epochs: int) -> str:
+    val = " ".join(f"{k[4:]} {record[k]:.4f}" for k in ("val_auc", "val_acc", "val_loss") if k in record)
+    return (f"epoch {record['epoch']}/{epochs}  train loss {record['train_loss']:.4f}  "
+            f"{'val ' + val if val else 'no validation'}  best {record['selected']}")
 
 
 def _better(val: dict, best: dict, metric: str) -> bool:

@@ -1,4 +1,7 @@
-"""The one place that writes files: atomically (temp file + rename), so a crash never leaves half a file."""
+"""File IO: every output is written atomically (temp file + rename), so a crash never leaves half a file.
+
+Safetensors reading, streaming writing and content hashes live in `fakemerge.io.safetensors`.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-
-import torch
-from safetensors.torch import save_file
 
 
 @contextlib.contextmanager
@@ -46,13 +46,14 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                 metadata: Mapping[str, object] | None = None) -> None:
-    """Save a safetensors file atomically; metadata values that are not strings are stored as JSON."""
-    meta = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in (metadata or {}).items()}
-    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Save a matplotlib figure as PNG atomically (tight bounding box) and release it if pyplot made it."""
     with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata=meta)
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    if getattr(fig.canvas, "manager", None) is not None:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -60,16 +61,4 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
-
-
-def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
-    """Content hash of a state dict, independent of file layout and metadata (keys sorted)."""
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        t = tensors[k].detach().contiguous().cpu()
-        h.update(k.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

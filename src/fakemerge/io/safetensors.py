@@ -1,9 +1,10 @@
-"""Tensor IO for merging: lazy safetensors access, one validation pass over the inputs, a streaming writer.
+"""Safetensors files read and written without holding whole models: the lazy reader, the streaming writer,
+content hashes.
 
 Merging N specialists must not hold N models in memory: `LazyState` reads one tensor per lookup (nothing is
-cached, no mmap), `scan_inputs` visits each backbone tensor once for all inputs (finiteness, content
-hashes), and `SafetensorsWriter` writes each merged tensor straight to its place in the output file. Peak
-memory is then about one tensor per input plus what the merge method keeps."""
+cached, no mmap) and `SafetensorsWriter` writes each tensor straight to its place in the output file. The
+content hash of a state dict (`tensors_sha256`) is independent of file layout and metadata.
+"""
 
 from __future__ import annotations
 
@@ -12,36 +13,20 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from fakemerge.errors import InputError
-from fakemerge.models.backbone import PREFIX
+from fakemerge.io import atomic_path
+from fakemerge.keys import canonical_key
 
-HEAD_KEYS = ("head.weight", "head.bias")
-# Top-level module names of a CLIP vision tower saved without the `vision_model.` prefix.
-_BARE_ROOTS = {"embeddings", "encoder", "pre_layrnorm", "post_layernorm"}
 _DTYPE_CODES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
                 torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
                 torch.uint8: "U8", torch.bool: "BOOL"}
 _DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
-
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
-
-
-def canonical_key(key: str) -> str | None:
-    """The `vision_model.`-prefixed name of a backbone tensor, or None for anything else (head, text tower).
-
-    `position_ids` is a non-persistent buffer in recent transformers; old hub files still carry it.
-    """
-    if key.endswith("position_ids"):
-        return None
-    if key.startswith(PREFIX):
-        return key
-    return PREFIX + key if key.split(".", 1)[0] in _BARE_ROOTS else None
 
 
 def _safetensors_files(path: Path) -> list[Path]:
@@ -148,8 +133,8 @@ class LazyState(Mapping[str, torch.Tensor]):
         return None if where is None else self._read(*where)
 
 
-def _hash_update(h, key: str, t: torch.Tensor) -> None:
-    """The byte sequence of `fakemerge.io.tensors_sha256` for one tensor (so the streamed hash equals it)."""
+def hash_update(h, key: str, t: torch.Tensor) -> None:
+    """The bytes one tensor adds to `tensors_sha256` (so every hash of the same tensors agrees)."""
     t = t.detach().contiguous().cpu()
     h.update(key.encode())
     h.update(str(t.dtype).encode())
@@ -158,52 +143,22 @@ def _hash_update(h, key: str, t: torch.Tensor) -> None:
         h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
 
 
-def streamed_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
-    """`tensors_sha256` reading one tensor at a time (works on a LazyState of any size)."""
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Content hash of a state dict, independent of file layout and metadata (keys sorted). Reads one
+    tensor at a time, so it works on a `LazyState` of any size."""
     h = hashlib.sha256()
     for k in sorted(tensors):
-        _hash_update(h, k, tensors[k])
+        hash_update(h, k, tensors[k])
     return h.hexdigest()
 
 
-def _check_finite(name: str, key: str, t: torch.Tensor) -> None:
-    """A NaN/Inf makes the sum non-finite (one cheap pass); only then look element by element."""
-    if t.is_floating_point() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
-        raise InputError(f"{name}: tensor {key} contains NaN or Inf values")
-
-
-@dataclass
-class InputScan:
-    """What one pass over base + specialists learns: content hashes (every value was found finite)."""
-
-    base_hash: str  # tensors_sha256 of the base backbone
-    hashes: list[str]  # tensors_sha256 of each specialist's tensors (backbone + `heads`)
-
-
-def scan_inputs(base: Mapping[str, torch.Tensor], specialists: Sequence[Mapping[str, torch.Tensor]],
-                names: Sequence[str], heads: Sequence[Mapping[str, torch.Tensor]] = (),
-                progress: Progress | None = None) -> InputScan:
-    """Visit every backbone tensor once (sorted keys): hash it and check it is finite.
-
-    `heads` (one mapping per specialist) are hashed and checked first: `head.*` sorts before `vision_model.*`,
-    so each hash equals `tensors_sha256` of the whole file. Raises InputError naming the file and tensor for
-    a NaN/Inf value. Keys and shapes must already match.
-    """
-    base_h, spec_h = hashlib.sha256(), [hashlib.sha256() for _ in specialists]
-    for name, head, h in zip(names, heads, spec_h, strict=False):
-        for key in sorted(head):
-            _check_finite(name, key, head[key])
-            _hash_update(h, key, head[key])
-    keys = sorted(base)
-    for done, key in enumerate(keys):
-        _hash_update(base_h, key, base[key])
-        for name, spec, h in zip(names, specialists, spec_h, strict=True):
-            t = spec[key]
-            _hash_update(h, key, t)
-            _check_finite(name, key, t)
-        if progress:
-            progress("scan", done + 1, len(keys))
-    return InputScan(base_h.hexdigest(), [h.hexdigest() for h in spec_h])
+def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                 metadata: Mapping[str, object] | None = None) -> None:
+    """Save a safetensors file atomically; metadata values that are not strings are stored as JSON."""
+    meta = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in (metadata or {}).items()}
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata=meta)
 
 
 class SafetensorsWriter:
@@ -213,7 +168,7 @@ class SafetensorsWriter:
     tensor is written at its offset. Metadata known only at the end (merge diagnostics) is passed to
     `close()`: it is written into the `reserve` bytes kept after the header (JSON allows trailing spaces), or,
     if it does not fit, the data is moved once. `close()` refuses a file with a tensor missing. Use inside
-    `fakemerge.io.atomic_path` so a crash never leaves a partial output.
+    `atomic_path` so a crash never leaves a partial output.
     """
 
     def __init__(self, path: str | os.PathLike, layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],

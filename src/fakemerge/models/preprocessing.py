@@ -1,0 +1,80 @@
+"""How an RGB crop becomes a model's input — part of the model, stored in its file, used everywhere.
+
+A detector only works on inputs prepared as in its training: DeepfakeBench/DF40 CLIP detectors were trained
+with mean = std = 0.5, fakemerge's with CLIP's statistics. Train, eval, detect and serve all build inputs
+through `to_input` with the model's own `Preprocessing`, never with constants of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from fakemerge.errors import InputError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# auto: area when shrinking, bicubic when enlarging (what fakemerge models are trained with)
+RESIZE_MODES = {"auto": None, "bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize to `size` × `size` with `resize`, scale to [0, 1], subtract `mean`, divide by `std` (RGB)."""
+
+    size: int
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    resize: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
+            raise InputError(f"preprocessing: size must be a positive integer, got {self.size!r}")
+        for name in ("mean", "std"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 3:
+                raise InputError(f"preprocessing: {name} needs 3 values (R, G, B), got {len(value)}")
+            object.__setattr__(self, name, value)
+        if any(v <= 0 for v in self.std):
+            raise InputError(f"preprocessing: std must be positive, got {list(self.std)}")
+        if self.resize not in RESIZE_MODES:
+            raise InputError(f"preprocessing: resize {self.resize!r} is not one of {', '.join(RESIZE_MODES)}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {**d, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping, source: str) -> Preprocessing:
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise InputError(f"{source}: unknown preprocessing field(s) {unknown} "
+                             f"(known: {', '.join(cls.__dataclass_fields__)})")
+        if "size" not in d:
+            raise InputError(f"{source}: preprocessing has no 'size'")
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{source}: preprocessing {dict(d)}: {e}") from None
+
+
+def to_input(image_rgb: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """HxWx3 uint8 RGB -> 3xSxS float32, normalised as the model was trained."""
+    h, w = image_rgb.shape[:2]
+    size = prep.size
+    if (h, w) != (size, size):
+        interp = RESIZE_MODES[prep.resize]
+        if interp is None:
+            interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_CUBIC
+        image_rgb = cv2.resize(image_rgb, (size, size), interpolation=interp)
+    mean, std = np.asarray(prep.mean, np.float32), np.asarray(prep.std, np.float32)
+    x = (image_rgb.astype(np.float32) / 255.0 - mean) / std
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def batch_inputs(images: list[np.ndarray], prep: Preprocessing) -> torch.Tensor:
+    return torch.from_numpy(np.stack([to_input(im, prep) for im in images]))
