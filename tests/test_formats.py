@@ -163,7 +163,7 @@ def test_dataset_skips_missing_and_unreadable(tmp_path):
     good_pixels, labels, indices, bad = drop_skipped(batch)
     assert labels.tolist() == [1] and indices.tolist() == [0] and bad.tolist() == [1]
     assert len(ds.note_skipped(bad)) == 1 and ds.note_skipped(bad) == []  # counted once
-    assert "corrupt.png: unreadable image" in ds.skipped[-1] and len(ds.skipped) == 2
+    assert "corrupt.png: not an image or video (the file holds text)" in ds.skipped[-1] and len(ds.skipped) == 2
 
 
 def test_flip_is_a_function_of_seed_epoch_index(tmp_path):

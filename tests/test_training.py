@@ -150,7 +150,7 @@ def test_unreadable_and_missing_images_are_skipped_and_counted(tiny_base, tiny_d
                       num_workers=1)  # unreadable images are found inside a loader worker process
     result = train(settings, progress=report)
     assert len(skipped) == len(result.skipped) == 2
-    assert "missing.png: image file not found" in skipped[0] and "corrupt.png: unreadable image" in skipped[1]
+    assert "missing.png: image file not found" in skipped[0] and "corrupt.png: not an image or video" in skipped[1]
     assert read_meta(tmp_path / "m.safetensors").extra["skipped"] == 2
 
 

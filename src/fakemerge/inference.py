@@ -1,43 +1,108 @@
-"""detect(): images, folders (recursive) and videos -> per-frame and per-input P(fake).
+"""detect(): images, videos, frame folders and uploads -> P(fake) per input (or per face), one way for all.
 
-Frames of many inputs are batched together so the model runs full batches (the cost per image is the
-backbone forward plus decoding). A bad input becomes a result with `error` set (one line naming the file
-and the cause) and the rest of the batch goes on.
+The CLI, the service and Python scripts share `DetectOptions` (validated on construction: a bad value is a
+usage error before any work) and `detect()`, which yields one `DetectResult` per input in input order —
+per face track with `all_faces`. An input that fails yields a result with `error` (one line naming the input
+and the cause) and the batch goes on. Frames go through `fakemerge.data.media` (bounded decoding) and
+`fakemerge.data.faces.crop_frame` (the one frame -> crop function), then the model's own `Preprocessing`;
+verdicts use the model's calibrated threshold (`Detector.threshold`; uncalibrated models use 0.5 and their
+results say `calibrated: false`).
+
+Decoding overlaps the model: `workers` threads decode, crop and normalise the next inputs (Pillow, PyAV,
+OpenCV and torch release the GIL) while the calling thread runs full batches made of frames of several
+inputs; at most `2 × workers` inputs are decoded ahead, so memory stays bounded.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
-import cv2
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fakemerge.data.faces import crop_face
-from fakemerge.data.video import is_video, sample_indexed
+from fakemerge.config import first_error
+from fakemerge.data.faces import Crop, CropPolicy, check_backend, crop_frame, link_tracks
+from fakemerge.data.media import MAX_PIXELS, Item, Source, find_media, read_frames
 from fakemerge.errors import FakemergeError, InputError
-from fakemerge.evaluation.metrics import AGGREGATIONS, aggregate
+from fakemerge.evaluation.metrics import aggregate
 from fakemerge.models.detector import Detector, load_detector
-from fakemerge.models.preprocessing import batch_inputs
+from fakemerge.models.preprocessing import Preprocessing, to_input
 from fakemerge.progress import Progress, silent
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-THRESHOLD = 0.5
+UNCALIBRATED_THRESHOLD = 0.5
+# option -> the command-line flag users know it by (error messages name the flag)
+FLAGS = {"k": "--topk", "face": "--face", "no_face": "--no-face", "min_face_score": "--min-face-score",
+         "all_faces": "--all-faces", "batch_size": "--batch-size", "heatmap_dir": "--heatmaps",
+         "folder_as_video": "--folder-as-video", "max_pixels": "--max-pixels"}
+
+
+class DetectOptions(BaseModel):
+    """Everything that decides what `detect` does with the inputs (CLI flags in brackets)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    frames: int = Field(8, ge=1, le=4096, description="frames sampled per video, evenly spaced [--frames]")
+    agg: Literal["mean", "max", "topk"] = Field("mean", description="frame -> video score [--agg]")
+    k: int = Field(3, ge=1, description="k of --agg topk [--topk]")
+    face: str = Field("none", description="face backend: none | dlib | a registered one [--face]")
+    no_face: Literal["whole", "skip", "error"] = Field("whole", description="frames without a face [--no-face]")
+    min_face_score: float = Field(0.2, allow_inf_nan=False, description="detector score of a face")
+    all_faces: bool = Field(False, description="one result per face track instead of the largest face")
+    margin: float = Field(1.3, ge=1.0, le=3.0, description="context around the aligned face [--margin]")
+    batch_size: int = Field(64, ge=1, le=4096, description="frames per forward pass [--batch-size]")
+    heatmap_dir: Path | None = Field(None, description="write a Grad-CAM PNG per result here [--heatmaps]")
+    folder_as_video: bool = Field(False, description="a folder of frames is one video [--folder-as-video]")
+    max_pixels: int = Field(MAX_PIXELS, ge=256, description="pixel limit checked before decoding")
+    workers: int = Field(2, ge=0, le=64, description="decoding threads (0: decode in the calling thread)")
+    device: str | None = Field(None, description="torch device (default: cuda if available, else cpu)")
+
+    def __init__(self, **values):
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            where, message = first_error(e, "options")
+            message = message.removeprefix("Value error, ")
+            flag = FLAGS.get(where, f"--{where.replace('_', '-')}")
+            given = values.get(where, "?") if where in values else ""
+            raise InputError(f"{flag} {given}: {message}".replace("  ", " ")) from None
+
+    @field_validator("face")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        try:
+            check_backend(name)
+        except InputError as e:
+            raise ValueError(str(e).split(": ", 1)[1]) from None
+        return name
+
+    def crop_policy(self, size: int) -> CropPolicy:
+        return CropPolicy(self.face, size, self.margin, self.no_face, self.min_face_score, self.all_faces)
 
 
 @dataclass
 class DetectResult:
-    input: str
-    kind: str  # image | video
-    score: float | None = None  # aggregated P(fake); None when nothing could be scored
-    verdict: str | None = None  # fake | real (score >= 0.5 is fake)
+    """One input's (or, with all_faces, one face track's) outcome; `to_dict()` is the JSON schema."""
+
+    input: str  # the path as given (non-UTF-8 bytes shown as \xNN) or the upload's name
+    kind: str | None = None  # image | video | frames (a folder read as a video); None if never opened
+    format: str | None = None  # container sniffed from the bytes (png, jpeg, mp4, ...)
+    face: int | None = None  # face track number with all_faces (0 = largest face where faces first appear)
+    score: float | None = None  # aggregated P(fake); None when nothing was scored
+    verdict: str | None = None  # fake | real: score >= threshold
+    threshold: float = UNCALIBRATED_THRESHOLD
+    calibrated: bool = False  # False: the model has no calibrated threshold and 0.5 was used
+    frame_indices: list[int] = field(default_factory=list)  # of the scored frames
     frame_scores: list[float] = field(default_factory=list)
-    frame_indices: list[int] = field(default_factory=list)
-    face_status: list[str] = field(default_factory=list)  # per frame: face | whole | centre | skipped
-    notes: list[str] = field(default_factory=list)  # e.g. "no face found ..., whole frame used"
+    face_boxes: list[list[float] | None] = field(default_factory=list)  # per scored frame [x0, y0, x1, y1]
+    face_scores: list[float | None] = field(default_factory=list)  # the face detector's confidence
+    face_status: list[str] = field(default_factory=list)  # per sampled frame: face|whole|centre|skipped
+    notes: list[str] = field(default_factory=list)
     heatmap: str | None = None
     error: str | None = None
 
@@ -49,130 +114,187 @@ class DetectResult:
         return {**asdict(self), "frames": self.frames}
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given; folders replaced by their images and videos (recursive, sorted)."""
-    out = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and
-                           (p.suffix.lower() in IMAGE_SUFFIXES or is_video(p)))
-            out.extend(found or [item])  # an empty folder stays, to be reported as an error
-        else:
-            out.append(item)
-    return out
-
-
 @dataclass
 class _Unit:
-    """One input's decoded crops, waiting for its scores."""
+    """A result waiting for its scores: the model inputs of its crops (and the crops, for heatmaps)."""
 
     result: DetectResult
-    crops: list[np.ndarray]
+    inputs: list[np.ndarray] = field(default_factory=list)
+    crops: list[np.ndarray] = field(default_factory=list)
 
 
-def _decode(path: Path, *, frames: int, face: str, no_face: str, size: int) -> _Unit:
-    kind = "video" if is_video(path) else "image"
-    result = DetectResult(str(path), kind)
-    try:
-        if path.is_dir():
-            raise InputError(f"{path}: folder has no images or videos")
-        if not path.is_file():
-            raise InputError(f"{path}: file not found")
-        if kind == "video":
-            indexed = sample_indexed(path, frames)
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                raise InputError(f"{path}: unreadable image")
-            indexed = [(0, cv2.cvtColor(image, cv2.COLOR_BGR2RGB))]
-        else:
-            raise InputError(f"{path}: not an image or video file ({path.suffix or 'no suffix'})")
-        crops = []
-        for index, frame in indexed:
-            source = f"{path}" + (f" frame {index}" if kind == "video" else "")
-            crop = crop_face(frame, face, size=size, no_face=no_face, source=source)
-            result.face_status.append(crop.status)
-            if crop.message:
-                result.notes.append(crop.message)
-            if crop.image is not None:
-                crops.append(crop.image)
-                result.frame_indices.append(index)
-        if not crops:
-            raise InputError(f"{path}: no frame with a face ({len(indexed)} sampled)")
-        return _Unit(result, crops)
-    except FakemergeError as e:
-        result.error = str(e)
-    except Exception as e:  # a decoder crash on one file must not stop the batch
-        result.error = f"{path}: {type(e).__name__}: {e}"
-    return _Unit(result, [])
+def detect(model: str | os.PathLike | Detector, inputs: Iterable[Source | tuple[str, bytes]],
+           options: DetectOptions | None = None, *, progress: Progress = silent) -> Iterator[DetectResult]:
+    """Score each input (files, folders, `(name, bytes)` uploads) in order; failures yield `error`."""
+    options = options or DetectOptions()
+    detector = _ready(model, options.device)
+    policy = options.crop_policy(detector.preprocessing.size)
+    threshold = detector.threshold if detector.threshold is not None else UNCALIBRATED_THRESHOLD
+    notes: list[str] = []
+    items = find_media(inputs, folder_as_video=options.folder_as_video, notes=notes)
+    for note in notes:
+        progress("detect", 0, len(items), note=note)
+
+    def prepare(item: Item) -> list[_Unit]:
+        return _prepare(item, options, policy, detector.preprocessing)
+
+    pending: list[_Unit] = []
+    for done, units in enumerate(_in_order(prepare, items, options.workers), 1):
+        pending.extend(units)
+        if sum(len(u.inputs) for u in pending) >= options.batch_size or done == len(items):
+            _score(detector, pending, options.batch_size)
+            for unit in pending:
+                _finish(unit, detector, options, threshold)
+                yield unit.result
+            pending = []
+        progress("detect", done, len(items))
 
 
-def detect(model: str | os.PathLike | Detector, inputs: Iterable[str | os.PathLike], *, frames: int = 8,
-           agg: str = "mean", k: int = 3, face: str = "none", no_face: str = "whole", batch_size: int = 64,
-           heatmap_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
-           progress: Progress = silent) -> Iterator[DetectResult]:
-    """Score each input (in order); an input that fails yields a result with `error` set."""
-    if agg not in AGGREGATIONS:
-        raise InputError(f"--agg {agg}: choose one of {', '.join(AGGREGATIONS)}")
+def _ready(model, device: str | None) -> Detector:
     detector = model if isinstance(model, Detector) else load_detector(model)[0]
     if device is not None or not isinstance(model, Detector):
         detector = detector.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    detector.eval()
-    size = detector.config.image_size
-    paths = expand_inputs(inputs)
-    pending: list[_Unit] = []
-    n_frames = done = 0
-
-    def flush() -> Iterator[DetectResult]:
-        nonlocal pending, n_frames, done
-        crops = [c for unit in pending for c in unit.crops]
-        scores = _score(detector, crops, batch_size) if crops else []
-        start = 0
-        for unit in pending:
-            r = unit.result
-            if unit.crops:
-                r.frame_scores = scores[start:start + len(unit.crops)]
-                start += len(unit.crops)
-                r.score = aggregate(r.frame_scores, agg, k)
-                r.verdict = "fake" if r.score >= THRESHOLD else "real"
-                if heatmap_dir is not None:
-                    r.heatmap = str(_save_heatmap(detector, unit, Path(heatmap_dir), done))
-            done += 1
-            progress("detect", done, len(paths))
-            yield r
-        pending, n_frames = [], 0
-
-    for path in paths:
-        unit = _decode(path, frames=frames, face=face, no_face=no_face, size=size)
-        pending.append(unit)
-        n_frames += len(unit.crops)
-        if n_frames >= batch_size:
-            yield from flush()
-    yield from flush()
+    return detector.eval()
 
 
-def _score(detector: Detector, crops: list[np.ndarray], batch_size: int) -> list[float]:
+def _in_order(fn: Callable[[Item], list[_Unit]], items: list[Item], workers: int) -> Iterator[list[_Unit]]:
+    """fn over items, in order, `workers` threads working at most 2 × workers items ahead."""
+    if workers == 0:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="fakemerge-decode") as pool:
+        ahead = 2 * workers
+        futures = [pool.submit(fn, item) for item in items[:ahead]]
+        try:
+            for i in range(len(items)):
+                if i + ahead < len(items):
+                    futures.append(pool.submit(fn, items[i + ahead]))
+                yield futures[i].result()
+                futures[i] = None  # the unit now belongs to the consumer
+        finally:
+            for f in futures:
+                if f is not None:
+                    f.cancel()
+
+
+def _prepare(item: Item, options: DetectOptions, policy: CropPolicy, prep: Preprocessing) -> list[_Unit]:
+    """Decode one input and crop its frames: one unit (or one per face track). Never raises."""
+    result = DetectResult(item.name)
+    stats: dict = {}
+    try:
+        if item.error:
+            raise InputError(item.error)
+        sampled: list[tuple[int, list[Crop]]] = []
+        for frame in read_frames(item.source, options.frames, name=item.name, max_pixels=options.max_pixels,
+                                 notes=result.notes, stats=stats):
+            where = item.name if stats["kind"] == "image" else f"{item.name} frame {frame.index}"
+            sampled.append((frame.index, crop_frame(frame.image, policy, where)))
+        result.kind, result.format = stats["kind"], stats.get("format")
+        units = _group(result, sampled, options.all_faces)
+        for unit in units:
+            for crop in unit.crops:
+                unit.inputs.append(to_input(crop, prep))
+            if options.heatmap_dir is None:
+                unit.crops = []
+        if not any(u.inputs for u in units):
+            why = "all sampled frames skipped" if sampled else "nothing decoded"
+            raise InputError(f"{item.name}: no frame with a face ({len(sampled)} sampled, {why}; "
+                             f"--no-face {options.no_face})")
+        return units
+    except FakemergeError as e:
+        result.error = str(e)
+    except Exception as e:  # a decoder crash on one file must not stop the batch
+        result.error = f"{item.name}: {type(e).__name__}: {e}"
+    result.kind = result.kind or stats.get("kind")
+    result.format = result.format or stats.get("format")
+    return [_Unit(result)]
+
+
+def _group(base: DetectResult, sampled: list[tuple[int, list[Crop]]], all_faces: bool) -> list[_Unit]:
+    """Crops -> units: one for the input, or with all_faces one per face track (+ one for whole frames)."""
+    for _, crops in sampled:
+        base.notes.extend(c.note for c in crops if c.note)
+    if not all_faces:
+        unit = _Unit(base)
+        for index, (crop,) in sampled:
+            _add(unit, index, crop)
+        return [unit]
+    faces = [(index, [c for c in crops if c.status == "face"]) for index, crops in sampled]
+    tracks = link_tracks([[c.face.box for c in crops] for _, crops in faces])
+    units: dict[int | None, _Unit] = {}
+    for (index, crops), ids in zip(faces, tracks, strict=True):
+        for crop, track in zip(crops, ids, strict=True):
+            unit = units.setdefault(track, _Unit(DetectResult(base.input, base.kind, base.format, face=track,
+                                                              notes=list(base.notes))))
+            _add(unit, index, crop)
+    for index, crops in sampled:
+        for crop in crops:
+            if crop.status != "face":
+                unit = units.setdefault(None, _Unit(DetectResult(base.input, base.kind, base.format,
+                                                                 notes=list(base.notes))))
+                _add(unit, index, crop)
+    return [units[k] for k in sorted(units, key=lambda t: -1 if t is None else t)] or [_Unit(base)]
+
+
+def _add(unit: _Unit, index: int, crop: Crop) -> None:
+    unit.result.face_status.append(crop.status)
+    if crop.image is None:
+        return
+    unit.crops.append(crop.image)
+    unit.result.frame_indices.append(index)
+    unit.result.face_boxes.append([round(float(v), 1) for v in crop.face.box] if crop.face else None)
+    unit.result.face_scores.append(round(crop.face.score, 4) if crop.face else None)
+
+
+def _score(detector: Detector, units: list[_Unit], batch_size: int) -> None:
+    """P(fake) of every unit's inputs, in full batches across units."""
+    inputs = [x for u in units for x in u.inputs]
+    if not inputs:
+        return
     device = next(detector.parameters()).device
-    out: list[float] = []
+    scores: list[float] = []
     with torch.inference_mode():
-        for i in range(0, len(crops), batch_size):
-            pixels = batch_inputs(crops[i:i + batch_size], detector.preprocessing).to(device)
-            out += detector(pixels).softmax(-1)[:, 1].float().cpu().tolist()
-    return out
+        for i in range(0, len(inputs), batch_size):
+            pixels = torch.from_numpy(np.stack(inputs[i:i + batch_size])).to(device)
+            scores += detector(pixels).softmax(-1)[:, 1].float().cpu().tolist()
+    start = 0
+    for u in units:
+        u.result.frame_scores = scores[start:start + len(u.inputs)]
+        start += len(u.inputs)
 
 
-def _save_heatmap(detector: Detector, unit: _Unit, folder: Path, number: int) -> Path:
-    """Grad-CAM overlay of the input's most suspicious frame, as `<number>_<stem>.png`."""
-    from fakemerge.evaluation.heatmap import gradcam, overlay
+def _finish(unit: _Unit, detector: Detector, options: DetectOptions, threshold: float) -> None:
+    r = unit.result
+    r.threshold, r.calibrated = threshold, detector.threshold is not None
+    if r.error or not r.frame_scores:
+        return
+    r.score = aggregate(r.frame_scores, options.agg, options.k)
+    r.verdict = "fake" if r.score >= threshold else "real"
+    if options.heatmap_dir is not None:
+        try:
+            r.heatmap = str(_save_heatmap(detector, unit, Path(options.heatmap_dir)))
+        except OSError as e:
+            r.notes.append(f"{r.input}: heatmap not written ({e.strerror or e})")
+
+
+def _save_heatmap(detector: Detector, unit: _Unit, folder: Path) -> Path:
+    """Grad-CAM overlay of the result's most suspicious crop, as `<stem>[_face<n>]_<hash>.png`."""
+    import hashlib
+
+    import cv2
+
     from fakemerge.io import atomic_path
+    from fakemerge.models.gradcam import gradcam, overlay
 
-    best = int(np.argmax(unit.result.frame_scores))
+    r = unit.result
+    best = int(np.argmax(r.frame_scores))
     crop = unit.crops[best]
-    pixels = batch_inputs([crop], detector.preprocessing).to(next(detector.parameters()).device)
-    small = min(crop.shape[:2]) < 256
-    shown = cv2.resize(crop, (256, 256), interpolation=cv2.INTER_CUBIC) if small else crop
+    pixels = torch.from_numpy(unit.inputs[best][None]).to(next(detector.parameters()).device)
+    shown = cv2.resize(crop, (256, 256), interpolation=cv2.INTER_CUBIC) if min(crop.shape[:2]) < 256 else crop
     image = overlay(shown, gradcam(detector, pixels)[0])
-    path = folder / f"{number:04d}_{Path(unit.result.input).stem}.png"
+    tag = hashlib.sha1(r.input.encode("utf-8", "backslashreplace")).hexdigest()[:8]  # two inputs, one stem
+    face = "" if r.face is None else f"_face{r.face}"
+    path = folder / f"{Path(r.input).stem[:80]}{face}_{tag}.png"
     with atomic_path(path) as tmp:
         tmp.write_bytes(cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes())
     return path

@@ -1,5 +1,8 @@
 """Records -> model inputs, tolerating bad files: a missing or unreadable image is skipped and counted.
 
+Images are decoded by `fakemerge.data.media` (the one reader of image files), so training, evaluation and
+detection see the same pixels for the same file.
+
 Missing files are dropped up front (cheap `stat`), so `len(dataset)` counts only images that exist.
 An image that exists but cannot be decoded is found lazily: `__getitem__` then yields a zero tensor with
 label -1 (works in DataLoader worker processes too); `drop_skipped(batch)` removes such rows and
@@ -16,21 +19,34 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
+from fakemerge.data.media import display_name, read_image
 from fakemerge.data.records import Record
+from fakemerge.errors import InputError
 from fakemerge.models.preprocessing import Preprocessing, to_input
 
 SKIPPED_LABEL = -1
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray | None:
-    """HxWx3 uint8 RGB, or None if the file cannot be decoded."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """HxWx3 uint8 RGB read by the media layer (any file name, pixel limit, truncation checks), or None if
+    the file cannot be decoded; `unreadable_reason` says why."""
+    try:
+        return read_image(path)
+    except InputError:
+        return None
+
+
+def unreadable_reason(path: str | os.PathLike) -> str:
+    """The media layer's one-line reason a file cannot be decoded (read again: only for failed files)."""
+    try:
+        read_image(path)
+    except InputError as e:
+        return str(e)
+    return f"{display_name(path)}: unreadable image"
 
 
 class DecodedCache:
@@ -108,7 +124,7 @@ class ImageDataset(Dataset):
         for i in (int(i) for i in indices):
             if i not in self._noted:
                 self._noted.add(i)
-                new.append(f"{self.root / self.records[i].path}: unreadable image (skipped)")
+                new.append(f"{unreadable_reason(self.root / self.records[i].path)} (skipped)")
         self.skipped.extend(new)
         return new
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import HTMLResponse
 
-from fakemerge.data.video import VIDEO_SUFFIXES
+from fakemerge.data.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from fakemerge.errors import FakemergeError
-from fakemerge.inference import IMAGE_SUFFIXES, detect
+from fakemerge.inference import DetectOptions, detect
 from fakemerge.models.detector import Detector, load_detector
 
 STATIC = Path(__file__).with_name("static")
@@ -57,8 +57,9 @@ def create_app(model: str | os.PathLike | Detector, *, frames: int = 8, agg: str
             if size == 0:
                 raise HTTPException(400, f"{name}: empty upload")
             try:
-                (result,) = detect(detector, [path], frames=n_frames, agg=aggregation, face=face,
-                                   no_face=no_face, heatmap_dir=Path(tmp) / "maps" if heatmap else None)
+                options = DetectOptions(frames=n_frames, agg=aggregation, face=face, no_face=no_face,
+                                        heatmap_dir=Path(tmp) / "maps" if heatmap else None, workers=0)
+                (result,) = detect(detector, [path], options)
             except FakemergeError as e:
                 raise HTTPException(400, str(e).replace(str(path), name)) from None
             if result.error:
