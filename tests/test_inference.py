@@ -1,16 +1,22 @@
-"""detect(): images, folders, videos, bad inputs, batching across inputs, heatmaps, `fakemerge detect`."""
+"""detect(): scores against a direct forward, options checked first, the model's preprocessing and threshold,
+bad inputs in a batch, folders as videos, all faces, uploads, heatmaps, and `fakemerge detect` as a contract."""
 
+import csv
+import io
 import json
+import os
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from test_video_faces import write_video
+from mediafiles import huge_png, write_video
 from transformers import CLIPVisionModel
 
 from fakemerge.cli import main
-from fakemerge.data.media import find_media, read_frames
+from fakemerge.data import faces, media
+from fakemerge.data.faces import Face
+from fakemerge.errors import InputError
 from fakemerge.inference import DetectOptions, detect
 from fakemerge.models.backbone import tiny_config
 from fakemerge.models.detector import Detector, ModelMeta, save_detector
@@ -31,6 +37,13 @@ def det():
 
 
 @pytest.fixture(scope="module")
+def model_file(det, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "m.safetensors"
+    save_detector(det, path, ModelMeta(kind="merged", method="r2m"))
+    return path
+
+
+@pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs")
     rng = np.random.default_rng(0)
@@ -43,43 +56,49 @@ def inputs(tmp_path_factory):
     return root
 
 
-def test_expand_inputs_recurses_into_folders(inputs):
-    notes = []
-    items = find_media([inputs / "folder", inputs / "single.png"], notes=notes)
-    assert [item.source.relative_to(inputs).as_posix() for item in items] == ["folder/a.png", "folder/sub/b.jpg",
-                                                                             "single.png"]
-    assert "skipped 1 file(s)" in notes[0] and "notes.txt" in notes[0]
+def _expected(det, images, prep=None):
+    crops = [cv2.resize(np.ascontiguousarray(faces.centre_square(im)), (32, 32),
+                        interpolation=cv2.INTER_AREA) for im in images]
+    return det.predict_proba(batch_inputs(crops, prep or det.preprocessing)).numpy()
 
 
-def test_scores_match_direct_forward_and_errors_do_not_stop_the_batch(det, inputs):
+def test_scores_match_a_direct_forward_and_errors_do_not_stop_the_batch(det, inputs):
     given = [inputs / "folder", inputs / "broken.png", inputs / "missing.png", inputs / "clip.mp4",
              inputs / "single.png"]
     results = list(detect(det, given, DetectOptions(frames=4, batch_size=3)))
-    assert [r.input.split("/")[-1] for r in results] == ["a.png", "b.jpg", "broken.png", "missing.png",
-                                                        "clip.mp4", "single.png"]
+    assert [os.path.basename(r.input) for r in results] == ["a.png", "b.jpg", "broken.png", "missing.png",
+                                                            "clip.mp4", "single.png"]
     broken, missing = results[2], results[3]
-    assert "broken.png" in broken.error and "not an image or video" in broken.error and broken.score is None
-    assert "missing.png" in missing.error and "not found" in missing.error
-    image = cv2.cvtColor(cv2.imread(str(inputs / "single.png")), cv2.COLOR_BGR2RGB)
-    side = min(image.shape[:2])
-    y0, x0 = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
-    crop = cv2.resize(image[y0:y0 + side, x0:x0 + side], (32, 32), interpolation=cv2.INTER_AREA)
-    expected = det.predict_proba(batch_inputs([crop], Preprocessing(size=32))).item()
-    assert results[5].score == pytest.approx(expected, abs=1e-5)
+    assert "broken.png: not an image or video" in broken.error and broken.score is None
+    assert "missing.png: file not found" in missing.error
+    single = cv2.cvtColor(cv2.imread(str(inputs / "single.png")), cv2.COLOR_BGR2RGB)
+    assert results[5].score == pytest.approx(_expected(det, [single])[0], abs=1e-5)
+    assert (results[5].kind, results[5].format, results[5].face_status) == ("image", "png", ["centre"])
     clip = results[4]
     assert clip.kind == "video" and clip.frames == 4 and clip.frame_indices == [0, 10, 19, 29]
-    frames = [cv2.resize(f, (32, 32), interpolation=cv2.INTER_AREA)
-              for f in (f.image for f in read_frames(inputs / "clip.mp4", 4))]
-    expected = det.predict_proba(batch_inputs(frames, Preprocessing(size=32))).numpy()
-    np.testing.assert_allclose(clip.frame_scores, expected, atol=1e-5)
+    frames = [f.image for f in media.read_frames(inputs / "clip.mp4", 4)]
+    np.testing.assert_allclose(clip.frame_scores, _expected(det, frames), atol=1e-5)
     assert clip.score == pytest.approx(np.mean(clip.frame_scores))
     assert all(r.verdict == ("fake" if r.score >= 0.5 else "real") for r in results if not r.error)
-    # batching across inputs must not change any score
-    again = list(detect(det, given, DetectOptions(frames=4, batch_size=64)))
-    assert [r.score for r in again] == pytest.approx([r.score for r in results], abs=1e-5)
+    assert all(r.threshold == 0.5 and not r.calibrated for r in results)
+    # batching across inputs, and decoding threads, change no score
+    for options in (DetectOptions(frames=4, batch_size=64), DetectOptions(frames=4, workers=0),
+                    DetectOptions(frames=4, batch_size=1, workers=4)):
+        again = list(detect(det, given, options))
+        assert [r.score for r in again] == pytest.approx([r.score for r in results], abs=1e-5)
 
 
-def test_video_aggregation_options(det, inputs):
+def test_the_models_preprocessing_and_calibrated_threshold_are_used(det, inputs):
+    half = Detector(det.backbone, Preprocessing(size=32, mean=(0.5,) * 3, std=(0.5,) * 3), threshold=0.3)
+    half.head.load_state_dict(det.head.state_dict())
+    single = cv2.cvtColor(cv2.imread(str(inputs / "single.png")), cv2.COLOR_BGR2RGB)
+    (r,) = detect(half, [inputs / "single.png"])
+    assert r.score == pytest.approx(_expected(det, [single], half.preprocessing)[0], abs=1e-5)
+    assert r.score != pytest.approx(_expected(det, [single])[0], rel=1e-2)  # not CLIP's constants
+    assert r.threshold == 0.3 and r.calibrated and r.verdict == ("fake" if r.score >= 0.3 else "real")
+
+
+def test_aggregation_options(det, inputs):
     (mean,) = detect(det, [inputs / "clip.mp4"], DetectOptions(frames=6, agg="mean"))
     (mx,) = detect(det, [inputs / "clip.mp4"], DetectOptions(frames=6, agg="max"))
     (top,) = detect(det, [inputs / "clip.mp4"], DetectOptions(frames=6, agg="topk", k=2))
@@ -87,32 +106,144 @@ def test_video_aggregation_options(det, inputs):
     assert mx.score == pytest.approx(s[-1]) and top.score == pytest.approx((s[-1] + s[-2]) / 2)
 
 
-def test_gradcam_shape_range_and_zero_head(det, tmp_path, inputs):
+@pytest.mark.parametrize("field,value,message", [
+    ("frames", 0, "--frames 0: Input should be greater than or equal to 1"), ("batch_size", 0, "--batch-size 0"),
+    ("k", 0, "--topk 0"), ("face", "mtcnn", "--face mtcnn: unknown face backend"), ("margin", 0, "--margin 0"),
+    ("agg", "median", "--agg median"), ("no_face", "drop", "--no-face drop"), ("max_pixels", 0, "--max-pixels 0"),
+    ("workers", -1, "--workers -1"), ("min_face_score", float("nan"), "--min-face-score nan"),
+    ("frame", 3, "--frame 3: Extra inputs are not permitted")])
+def test_options_are_validated_on_construction(field, value, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        DetectOptions(**{field: value})
+
+
+def test_bytes_uploads_score_like_files(det, inputs):
+    data = (inputs / "single.png").read_bytes()
+    (from_file,) = detect(det, [inputs / "single.png"])
+    (upload,) = detect(det, [("photo.png", data)])
+    assert upload.input == "photo.png" and upload.score == pytest.approx(from_file.score, abs=1e-6)
+
+
+def test_bad_inputs_each_get_one_line_and_the_batch_goes_on(det, tmp_path, inputs):
+    rng = np.random.default_rng(1)
+    jpeg = cv2.imencode(".jpg", rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))[1].tobytes()
+    png, mp4 = (inputs / "single.png").read_bytes(), (inputs / "clip.mp4").read_bytes()
+    files = {"zero.jpg": b"", "text.jpg": b"hello world\n", "cut.jpg": jpeg[: len(jpeg) // 2],
+             "huge.png": huge_png(20000, 20000), "one.png": cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))[1]
+             .tobytes(), "png.mp4": png, "video.jpg": mp4, "name with space.png": png}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    odd = os.path.join(os.fsencode(tmp_path), b"odd-\xff.png")
+    with open(odd, "wb") as f:
+        f.write(files["png.mp4"])
+    given = [tmp_path, tmp_path / "empty"]  # an empty folder given is an error; one inside a tree is not
+    results = {os.path.basename(r.input): r for r in detect(det, given, DetectOptions(frames=3))}
+    assert "zero.jpg: empty file" in results["zero.jpg"].error
+    assert "text.jpg: not an image or video (the file holds text)" in results["text.jpg"].error
+    assert "cut.jpg: truncated JPEG data" in results["cut.jpg"].error
+    assert "huge.png: 20000×20000 PNG image is over the pixel limit" in results["huge.png"].error
+    assert "one.png: 1×1 pixels is too small to score" in results["one.png"].error
+    assert "loop.png: symbolic link loop" in results["loop.png"].error
+    assert "empty: folder has no images or videos" in results["empty"].error
+    assert results["png.mp4"].kind == "image" and "not what the name (.mp4) says" in results["png.mp4"].notes[0]
+    assert results["video.jpg"].kind == "video" and results["video.jpg"].frames == 3
+    assert results["name with space.png"].score is not None and results["odd-\\xff.png"].score is not None
+    for r in results.values():
+        assert (r.error is None) != (r.score is None)
+        assert r.error is None or (r.error.count("\n") == 0 and r.input in r.error)
+
+
+def test_folder_as_video(det, tmp_path):
+    frames_dir = tmp_path / "video_000"
+    frames_dir.mkdir()
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 255, (40, 40, 3), dtype=np.uint8) for _ in range(9)]
+    for i, im in enumerate(images):
+        cv2.imwrite(str(frames_dir / f"{i:03d}.png"), im[..., ::-1])
+    (r,) = detect(det, [tmp_path], DetectOptions(frames=3, folder_as_video=True))
+    assert r.kind == "frames" and r.frame_indices == [0, 4, 8]
+    np.testing.assert_allclose(r.frame_scores, _expected(det, [images[i] for i in (0, 4, 8)]), atol=1e-5)
+    assert len(list(detect(det, [tmp_path], DetectOptions(frames=3)))) == 9  # without it: nine images
+
+
+class TwoFaces:
+    """A face backend that sees two people: a large one on the left, a small one on the right."""
+
+    name = "two"
+
+    def detect(self, image, min_score):
+        return [Face((0, 0, 30, 30), 2.0), Face((40, 10, 60, 30), 1.0)]
+
+
+def test_all_faces_scores_each_face_track(det, tmp_path, inputs):
+    faces.register_backend("two", TwoFaces)
+    try:
+        image = tmp_path / "group.png"
+        cv2.imwrite(str(image), np.random.default_rng(3).integers(0, 255, (40, 64, 3), dtype=np.uint8))
+        single = list(detect(det, [image], DetectOptions(face="two")))
+        both = list(detect(det, [image, inputs / "clip.mp4"], DetectOptions(face="two", all_faces=True, frames=3)))
+    finally:
+        faces._FACTORIES.pop("two")
+        faces.get_backend.cache_clear()
+    assert len(single) == 1 and single[0].face is None and single[0].face_boxes == [[0, 0, 30, 30]]
+    assert [(os.path.basename(r.input), r.face) for r in both] == [("group.png", 0), ("group.png", 1),
+                                                                   ("clip.mp4", 0), ("clip.mp4", 1)]
+    assert both[0].score == pytest.approx(single[0].score, abs=1e-6) and both[1].score != both[0].score
+    assert both[2].frame_indices == media.even_indices(30, 3) and both[3].face_boxes == [[40, 10, 60, 30]] * 3
+
+
+def test_heatmaps_and_gradcam(det, tmp_path, inputs):
     pixels = torch.randn(2, 3, 32, 32)
     cam = gradcam(det, pixels)
     assert cam.shape == (2, 4, 4) and cam.min() >= 0 and cam.max() == pytest.approx(1.0)
     blind = Detector(CLIPVisionModel(tiny_config(**TINY))).eval()
     torch.nn.init.zeros_(blind.head.weight)  # the score ignores the image: no evidence anywhere
     assert np.all(gradcam(blind, pixels) == 0)
-    (r,) = detect(det, [inputs / "single.png"], DetectOptions(heatmap_dir=tmp_path / "maps"))
-    png = cv2.imread(r.heatmap)
-    assert png.shape == (256, 256, 3)
+    results = list(detect(det, [inputs / "single.png", inputs / "folder"], DetectOptions(heatmap_dir=tmp_path / "m")))
+    assert len({r.heatmap for r in results}) == 3
+    assert all(cv2.imread(r.heatmap).shape == (256, 256, 3) for r in results)
 
 
-def test_cli_detect_table_json_and_exit_code(det, inputs, tmp_path, capsys):
-    model = tmp_path / "m.safetensors"
-    save_detector(det, model, ModelMeta(kind="merged", method="r2m"))
-    main(["detect", str(model), str(inputs / "single.png")])
-    out = capsys.readouterr().out
-    assert "P(fake)" in out and ("real" in out or "fake" in out)
-    main(["detect", str(model), str(inputs / "single.png"), "--format", "json", "-o", str(tmp_path / "ok.json")])
-    assert json.loads((tmp_path / "ok.json").read_text())["frames"] == 1
+# --------------------------------------------------------------------------------------------------- CLI
+
+def test_cli_formats_outputs_and_exit_codes(model_file, inputs, tmp_path, capsys):
+    main(["detect", str(model_file), str(inputs / "single.png")])
+    out = capsys.readouterr()
+    assert "P(fake)" in out.out and "single.png" in out.out and "uncalibrated model" in out.err
+    main(["detect", str(model_file), str(inputs / "single.png"), str(inputs / "clip.mp4"), "--format", "json"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["kind"] for r in rows] == ["image", "video"] and rows[1]["frames"] == 8
+    assert set(rows[0]) >= {"input", "score", "verdict", "threshold", "calibrated", "frames", "notes", "error"}
     with pytest.raises(SystemExit) as e:
-        main(["detect", str(model), str(inputs / "single.png"), str(inputs / "broken.png"),
-              "--format", "json", "-o", str(tmp_path / "r.json")])
-    assert e.value.code == 1
-    rows = [json.loads(line) for line in (tmp_path / "r.json").read_text().splitlines()]
-    assert rows[0]["error"] is None and "broken.png" in rows[1]["error"]
-    with pytest.raises(SystemExit) as e:
-        main(["detect", str(model), str(inputs / "single.png"), "--agg", "median"])
-    assert e.value.code == 2
+        main(["detect", str(model_file), str(inputs / "single.png"), str(inputs / "broken.png"), "--format", "csv",
+              "-o", str(tmp_path / "r.csv")])
+    assert e.value.code == 1 and capsys.readouterr().out == ""  # the results went to the file
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "r.csv").read_text())))
+    assert rows[0]["error"] == "" and "broken.png" in rows[1]["error"] and rows[1]["score"] == ""
+    main(["detect", str(model_file), str(inputs / "single.png"), "--format", "json", "-o", "-"])
+    assert json.loads(capsys.readouterr().out)["frames"] == 1 and not (tmp_path / "-").exists()
+    main(["detect", str(model_file), str(inputs / "single.png"), "-o", str(tmp_path / "t.txt")])
+    assert "single.png" in (tmp_path / "t.txt").read_text()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--frames", "0"], "--frames 0"), (["--batch-size", "0"], "--batch-size 0"), (["--topk", "0"], "--topk 0"),
+    (["--face", "mtcnn"], "unknown face backend"), (["--margin", "0"], "--margin 0"),
+    (["--format", "xml"], "--format xml"), (["--agg", "median"], "--agg median"),
+    (["--max-pixels", "-1"], "--max-pixels -1")])
+def test_cli_checks_every_option_before_any_work(inputs, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as e:  # the model does not exist: options are checked before it is read
+        main(["detect", str(tmp_path / "no-model.safetensors"), str(inputs / "single.png"), *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "no-model" not in err and err.count("\n") == 1
+
+
+def test_cli_handles_non_utf8_names(model_file, tmp_path, capsys):
+    raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9.png")
+    cv2.imencode(".png", np.zeros((32, 32, 3), np.uint8))[1].tofile(raw)  # latin-1 bytes, not UTF-8
+    main(["detect", str(model_file), os.fsdecode(raw), "--format", "json"])
+    row = json.loads(capsys.readouterr().out)
+    assert row["input"].endswith("caf\\xe9.png") and row["error"] is None
+
