@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fakemerge.data.dataset import SKIPPED_LABEL, DecodedCache, EpochShuffle, ImageDataset, drop_skipped
-from fakemerge.data.formats import classify_label, family_from_group, load_records, records_from_deepfakebench
+from fakemerge.data.formats import classify_label, load_records, records_from_deepfakebench
 from fakemerge.data.records import Record, select
 from fakemerge.errors import InputError
 from fakemerge.models.preprocessing import Preprocessing
@@ -54,13 +54,6 @@ def test_unknown_label_is_an_error(label):
         classify_label(label, "FF-DF", "x.json")
 
 
-def test_family_from_group():
-    assert family_from_group("ForgeryLab_FS", "ForgeryLab") == "FS"
-    assert family_from_group("FF-DF", "FaceForensics++") == "DF"
-    assert family_from_group("simswap_Fake", "DF40") == "simswap"
-    assert family_from_group("FF-", "X") == "FF-"  # never strips to nothing
-
-
 def test_deepfakebench_traps_fixed():
     """Backslashes, c23/c40 level, explicit family key, same-named videos of two methods, shared folders."""
     obj = dfb({
@@ -69,19 +62,23 @@ def test_deepfakebench_traps_fixed():
         "FF-DF": {"train": {"c23": {"000": {"label": "FF-DF", "frames": ["DF/000/0.png", "DF/000/1.png"]}}}},
         "FF-FS": {"train": {"c23": {"000": {"label": "FF-FS", "family": "swap",
                                             "frames": ["FS/000/0.png"]}}}},
-        "Flat_Fake": {"test": {"a": {"label": "Flat_Fake", "frames": ["flat/a.png"]},
-                               "b": {"label": "Flat_Fake", "frames": ["flat/b.png"]}}},
+        "DS_Flat": {"test": {"a": {"label": "DS_Flat", "frames": ["flat/a.png"]},
+                             "b": {"label": "DS_Flat", "frames": ["flat/b.png"]}}},
     })
     records = records_from_deepfakebench(obj, "x.json")
     by_path = {r.path: r for r in records}
     assert set(by_path) == {"orig/c23/000/0.png", "DF/000/0.png", "DF/000/1.png", "FS/000/0.png",
                             "flat/a.png", "flat/b.png"}
-    assert by_path["orig/c23/000/0.png"] == Record("orig/c23/000/0.png", 0, "real", "orig/c23/000", "train")
-    assert by_path["DF/000/0.png"].family == "DF" and by_path["FS/000/0.png"].family == "swap"
+    assert by_path["orig/c23/000/0.png"] == Record("orig/c23/000/0.png", 0, "real", "orig/c23/000", "train",
+                                                   "FF-real")
+    assert by_path["DF/000/0.png"].family == "FF-DF" and by_path["FS/000/0.png"].family == "swap"
     assert by_path["DF/000/0.png"].video != by_path["FS/000/0.png"].video  # both named "000"
     assert by_path["flat/a.png"].video != by_path["flat/b.png"].video  # one folder, two videos
-    assert by_path["flat/a.png"].family == "Flat"
-    assert records_from_deepfakebench(obj, "x.json", compression="c40")[0].path == "orig/c40/000/0.png"
+    assert by_path["flat/a.png"].family == "Flat"  # the dataset's own <Dataset>_<family> spelling
+    with pytest.raises(InputError, match="FF-DF/train has compression level.s. c23 but not c40"):
+        records_from_deepfakebench(obj, "x.json", compression="c40")  # never c23 in c40's place
+    c40 = dfb({"FF-real": obj["DS"]["FF-real"]})
+    assert records_from_deepfakebench(c40, "x.json", compression="c40")[0].path == "orig/c40/000/0.png"
 
 
 def test_json_errors_are_one_line(tmp_path):
@@ -118,11 +115,11 @@ def test_folder_tree(tmp_path):
     root, records = load_records(tmp_path)
     assert root == tmp_path
     assert sorted(records, key=lambda r: r.path) == [
-        Record("FS/train/v1/0.png", 1, "FS", "FS/train/v1", "train"),
-        Record("FS/val/x.png", 1, "FS", "FS/val/x.png", "val"),
-        Record("FS/val/y.jpg", 1, "FS", "FS/val/y.jpg", "val"),
-        Record("real/train/v1/0.png", 0, "real", "real/train/v1", "train"),
-        Record("real/train/v1/1.png", 0, "real", "real/train/v1", "train"),
+        Record("FS/train/v1/0.png", 1, "FS", "FS/train/v1", "train", "FS"),
+        Record("FS/val/x.png", 1, "FS", "FS/val/x.png", "val", "FS"),
+        Record("FS/val/y.jpg", 1, "FS", "FS/val/y.jpg", "val", "FS"),
+        Record("real/train/v1/0.png", 0, "real", "real/train/v1", "train", "real"),
+        Record("real/train/v1/1.png", 0, "real", "real/train/v1", "train", "real"),
     ]
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no images found"):
@@ -135,9 +132,9 @@ def test_csv_manifest(tmp_path):
                         "f/1.png,fake,,,\n")
     root, records = load_records(manifest)
     assert root == tmp_path
-    assert records == [Record("r/0.png", 0, "real", "vr", "train"),
-                       Record("f/0.png", 1, "FS", "f/0.png", "val"),
-                       Record("f/1.png", 1, "fake", "f/1.png", "test")]
+    assert records == [Record("r/0.png", 0, "real", "vr", "train", "real"),
+                       Record("f/0.png", 1, "FS", "f/0.png", "val", "FS"),
+                       Record("f/1.png", 1, "fake", "f/1.png", "test", "fake")]
     assert load_records(tmp_path)[1] == records  # the folder's one CSV
     (tmp_path / "bad.csv").write_text("file,y\na.png,1\n")
     with pytest.raises(InputError, match="several dataset files"):

@@ -15,19 +15,21 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from fakemerge.data.options import DataOptions
 from fakemerge.errors import InputError
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(DataOptions):
+    """Training settings; the dataset fields (data, root, compression, frames_per_video, family_map,
+    path_map, allow_split_overlap) are `DataOptions`', shared with eval."""
+
     model_config = ConfigDict(extra="forbid")
 
     base: str
-    data: str
     families: list[str]
     out: str
     method: str = "full"
     method_options: dict[str, Any] = {}
-    root: str | None = None  # data root override (default: the dataset file's folder)
     epochs: int = 3
     batch_size: int = 32
     lr: float | None = None  # None: the method's default
@@ -57,6 +59,9 @@ class TrainConfig(BaseModel):
         if v < 1:
             raise ValueError("must be >= 1")
         return v
+
+    def data_options(self) -> DataOptions:
+        return DataOptions(**self.model_dump(include=set(DataOptions.model_fields)))
 
     def recipe(self) -> dict:
         """The settings that define the result (what a resumed run must share with the original)."""

@@ -31,7 +31,8 @@ from fakemerge.data.faces import Crop, CropPolicy, check_backend, crop_frame, li
 from fakemerge.data.media import MAX_PIXELS, Item, Source, find_media, read_frames
 from fakemerge.errors import FakemergeError, InputError
 from fakemerge.evaluation.metrics import aggregate
-from fakemerge.models.detector import Detector, load_detector
+from fakemerge.models.detector import Detector
+from fakemerge.models.loading import load_detector
 from fakemerge.models.preprocessing import Preprocessing, to_input
 from fakemerge.progress import Progress, silent
 

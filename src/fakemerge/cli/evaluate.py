@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from fakemerge.cli import ui
@@ -21,7 +22,8 @@ def split_list(values: list[str] | None) -> list[str] | None:
 def report_table(report: dict) -> Table:
     from fakemerge.evaluation.report import FRAME_COLUMNS, fmt
 
-    table = Table(title=f"{report['model']} — {report['split']} (video: {report['video_agg']})")
+    table = Table(title=f"{report['model']} — {Path(report['data']).name} {report['split']} "
+                        f"(video: {report['video_agg']})")
     table.add_column("family")
     for _, title in FRAME_COLUMNS:
         table.add_column(title, justify="right")
@@ -34,7 +36,8 @@ def report_table(report: dict) -> Table:
 
 def eval_command(
     models: list[Path] = typer.Argument(..., help="One or more fakemerge model files (.safetensors)."),
-    data: str = typer.Option(..., "--data", help="DeepfakeBench JSON, folder tree or CSV manifest."),
+    data: list[str] = typer.Option(..., "--data", help="DeepfakeBench/DF40 JSON, folder tree or CSV manifest "
+                                   "(repeatable: each dataset reported on its own)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory for reports and plots."),
     split: str = typer.Option("test", help="Split to evaluate."),
     families: list[str] = typer.Option(None, "--families", help="Fake families to include (comma list)."),
@@ -44,10 +47,21 @@ def eval_command(
     topk: int = typer.Option(3, "--topk", help="k for --video-agg topk."),
     batch_size: int = typer.Option(128, "--batch-size"),
     root: Path = typer.Option(None, "--root", help="Data root (default: the JSON's directory)."),
+    compression: str = typer.Option(None, "--compression", help="c23 | c40 | raw: the level of FF++-style "
+                                    "JSONs (default c23; a level the file lacks is an error)."),
+    frames_per_video: int = typer.Option(None, "--frames-per-video", help="Frames per video, evenly spaced "
+                                         "(default: all listed)."),
+    family_map: Path = typer.Option(None, "--family-map", help="YAML mapping each family to a list of "
+                                    "label groups or methods; DF40's methods are built in."),
+    path_map: list[str] = typer.Option(None, "--path-map", help="OLD=NEW frame-path prefix rewrite (repeatable)."),
+    allow_split_overlap: bool = typer.Option(False, "--allow-split-overlap", help="Proceed although the split "
+                                             "shares frames or videos with another (the report says so)."),
     models_per_pass: int = typer.Option(8, "--models-per-pass", min=1,
                                         help="Models sharing one pass over the data (all are held in memory)."),
 ) -> None:
     """Evaluate model(s): frame AUC/AP/EER/ACC and video AUC per family; report.json, report.md, roc.png."""
+    from fakemerge.config import first_error
+    from fakemerge.data.options import DataOptions
     from fakemerge.evaluation.plots import auc_heatmap
     from fakemerge.evaluation.report import clean, results_markdown
     from fakemerge.evaluation.runner import evaluate_many, family_rows
@@ -59,24 +73,42 @@ def eval_command(
     if len(set(names)) != len(names):
         raise InputError(f"{', '.join(map(str, models))}: model file names must differ "
                          "(they name the outputs)")
+    try:
+        options = DataOptions(data=data, root=str(root) if root else None, compression=compression,
+                              frames_per_video=frames_per_video, family_map=str(family_map) if family_map else None,
+                              path_map=list(path_map or []), allow_split_overlap=allow_split_overlap)
+    except ValidationError as e:
+        where, msg = first_error(e, "data options")
+        raise InputError(f"--{where.replace('_', '-')}: {msg}") from None
     seen_families = split_list(seen) or sorted({f for meta in metas for f in meta.families})
     out_dirs = [out] if len(models) == 1 else [out / name for name in names]
     with ui.bars() as progress:
-        reports = evaluate_many(models, data, out_dirs=out_dirs, names=names, split=split,
+        reports = evaluate_many(models, options, out_dirs=out_dirs, names=names, split=split,
                                 families=split_list(families), video_agg=video_agg, k=topk, batch_size=batch_size,
-                                root=root, progress=progress, models_per_pass=models_per_pass)
+                                progress=progress, models_per_pass=models_per_pass)
     rows = []
-    for report, meta, name in zip(reports, metas, names, strict=True):
+    shown: set[str] = set()
+    for i, report in enumerate(reports):
+        meta, name = metas[i % len(models)], names[i % len(models)]
+        for warning in report["data_warnings"]:
+            if warning not in shown:
+                shown.add(warning)
+                ui.err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
         ui.out.print(report_table(report))
         if report["skipped"]:
             ui.out.print(f"[yellow]skipped {len(report['skipped'])} unreadable image(s)[/yellow]: "
                               f"{report['skipped'][0]}", highlight=False)
-        rows += family_rows(report, name, meta.kind, meta.method, meta.families, seen_families)
+        rows += [{"dataset": report["data"], **row}
+                 for row in family_rows(report, name, meta.kind, meta.method, meta.families, seen_families)]
     write_json(out / "results.json", clean(rows))
-    if len(models) > 1:
-        write_text(out / "results.md", results_markdown(rows))
-        auc_heatmap(rows, out / "heatmap.png")
-        ui.out.print(results_markdown(rows), highlight=False)
+    if len(models) > 1 or len(data) > 1:
+        sources = list(dict.fromkeys(r["dataset"] for r in rows))
+        text = results_markdown(rows) if len(sources) == 1 else "\n".join(
+            f"## {source}\n\n" + results_markdown([r for r in rows if r["dataset"] == source]) for source in sources)
+        write_text(out / "results.md", text)
+        if len(data) == 1:
+            auc_heatmap(rows, out / "heatmap.png")
+        ui.out.print(text, highlight=False)
     ui.out.print(f"wrote reports to {out}", highlight=False)
 
 

@@ -18,11 +18,22 @@ _METHOD_FLAGS = ("rank", "subspaces", "layer_ratio", "score", "lambda_orth", "la
 
 def train_command(
     base: str = typer.Option(None, "--base", help="Base model: HF id, HF directory or fakemerge file."),
-    data: str = typer.Option(None, "--data", help="Dataset: DeepfakeBench JSON, CSV manifest or folder."),
+    data: list[str] = typer.Option(None, "--data", help="Dataset: DeepfakeBench/DF40 JSON, CSV manifest or "
+                                   "folder (repeatable: trains on their union)."),
     families: str = typer.Option(None, "--families", help="Fake families to train on, e.g. FS or FS,FR."),
     out: Path = typer.Option(None, "--out", "-o", help="Output model file (.safetensors)."),
     method: str = typer.Option(None, "--method", help="full | linear | a registered subspace method."),
     root: str = typer.Option(None, "--root", help="Data root (default: the dataset file's folder)."),
+    compression: str = typer.Option(None, "--compression", help="c23 | c40 | raw: the level of FF++-style "
+                                    "JSONs (default c23; a level the file lacks is an error)."),
+    frames_per_video: int = typer.Option(None, "--frames-per-video", help="Frames per video, evenly spaced "
+                                         "(default: all listed)."),
+    family_map: str = typer.Option(None, "--family-map", help="YAML mapping each family to a list of "
+                                   "label groups or methods; DF40's methods are built in."),
+    path_map: list[str] = typer.Option(None, "--path-map", help="OLD=NEW frame-path prefix rewrite "
+                                       "(repeatable), e.g. DF40's absolute cluster paths."),
+    allow_split_overlap: bool = typer.Option(False, "--allow-split-overlap", help="Proceed although splits share "
+                                             "frames or videos (recorded in the model's metadata)."),
     epochs: int = typer.Option(None, "--epochs", help="Epochs (default 3)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Batch size per process (default 32)."),
     lr: float = typer.Option(None, "--lr",
@@ -49,8 +60,12 @@ def train_command(
 
     transformers.utils.logging.disable_progress_bar()
     local = locals()
-    flags = {k: local[k] for k in ("base", "data", "families", "method", "root", "epochs", "batch_size", "lr",
-                                   "weight_decay", "seed", "num_workers") if local[k] is not None}
+    flags = {k: local[k] for k in ("base", "families", "method", "root", "epochs", "batch_size", "lr",
+                                   "weight_decay", "seed", "num_workers", "compression", "frames_per_video",
+                                   "family_map") if local[k] is not None}
+    flags.update({k: list(local[k]) for k in ("data", "path_map") if local[k]})
+    if allow_split_overlap:
+        flags["allow_split_overlap"] = True
     if out is not None:
         flags["out"] = str(out)
     if resume:

@@ -3,7 +3,8 @@
 Images are decoded by `fakemerge.data.media` (the one reader of image files), so training, evaluation and
 detection see the same pixels for the same file.
 
-Missing files are dropped up front (cheap `stat`), so `len(dataset)` counts only images that exist.
+Missing files are dropped up front (cheap `stat`), so `len(dataset)` counts only images that exist; when
+none exists the root is wrong, which is an error naming it (not "nothing to evaluate").
 An image that exists but cannot be decoded is found lazily: `__getitem__` then yields a zero tensor with
 label -1 (works in DataLoader worker processes too); `drop_skipped(batch)` removes such rows and
 `dataset.note_skipped(indices)` records one line per file in `dataset.skipped` (the caller reports them).
@@ -101,6 +102,10 @@ class ImageDataset(Dataset):
                 self.records.append(r)
             else:
                 self.skipped.append(f"{self.root / r.path}: image file not found (skipped)")
+        if records and not self.records:
+            raise InputError(f"{len(records)}/{len(records)} frames not found under {self.root.resolve()} (first: "
+                             f"{records[0].path}); pass --root DIR (the folder the frame paths are relative to) "
+                             "or --path-map OLD=NEW")
         self._noted: set[int] = set()
 
     def __len__(self) -> int:

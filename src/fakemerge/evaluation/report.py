@@ -39,6 +39,11 @@ def report_markdown(report: dict) -> str:
     for fam, m in blocks:
         cells = " | ".join(fmt(m.get(key)) for key, _ in FRAME_COLUMNS)
         lines.append(f"| {fam} | {cells} | {m['n_real']} | {m['n_fake']} | {m.get('n_videos', '')} |")
+    for pair, o in (report.get("split_overlap") or {}).items():
+        lines += ["", f"**Split overlap** (allowed by --allow-split-overlap): {pair} share {o['videos']} video(s) and "
+                  f"{o['frames']} frame(s)."]
+    for warning in report.get("data_warnings") or []:
+        lines += ["", f"Data warning: {warning}"]
     if report.get("skipped"):
         lines += ["", f"Skipped {len(report['skipped'])} unreadable image(s); first: {report['skipped'][0]}"]
     return "\n".join(lines) + "\n"

@@ -16,13 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fakemerge.data.formats import Dataset
+from fakemerge.data.options import DataOptions
+from fakemerge.data.options import read as read_data
 from fakemerge.data.records import Record, select
 from fakemerge.errors import InputError
 from fakemerge.evaluation import metrics
 from fakemerge.evaluation.plots import roc_plot
 from fakemerge.evaluation.report import write_report
 from fakemerge.io import atomic_path
-from fakemerge.models.detector import Detector, ModelMeta, load_detector
+from fakemerge.models.detector import Detector, ModelMeta
+from fakemerge.models.loading import load_detector
 from fakemerge.progress import Progress, silent
 
 CSV_COLUMNS = ("path", "video", "family", "label", "score")
@@ -137,38 +141,55 @@ def evaluate(model: str | os.PathLike | Detector, data: str | os.PathLike, *, ou
     return evaluate_many([model], data, out_dirs=[out_dir], names=[name], **options)[0]
 
 
-def evaluate_many(models: Sequence[str | os.PathLike | Detector], data: str | os.PathLike, *,
+def evaluate_many(models: Sequence[str | os.PathLike | Detector], data: str | os.PathLike | DataOptions, *,
                   out_dirs: Sequence[str | os.PathLike], names: Sequence[str | None] | None = None,
                   split: str = "test", families: list[str] | None = None, video_agg: str = "mean", k: int = 3,
-                  batch_size: int = 128, root: str | os.PathLike | None = None, progress: Progress = silent,
+                  batch_size: int = 128, progress: Progress = silent,
                   device: str | torch.device | None = None, roc: bool = True, models_per_pass: int = 8
                   ) -> list[dict]:
     """Evaluate several models on one split, `models_per_pass` at a time sharing each pass over the data
     (decoding is paid once per pass; memory holds that many models). One report per model, as `evaluate`.
-    """
-    from fakemerge.data.formats import load_records
 
+    `data` is a dataset path or a `DataOptions`; with several datasets there is one report per dataset and
+    model (dataset-major), written to OUT_DIR/<dataset file stem>/.
+    """
     if video_agg not in metrics.AGGREGATIONS:
         raise InputError(f"--video-agg {video_agg}: choose one of {', '.join(metrics.AGGREGATIONS)}")
     names = list(names) if names is not None else [None] * len(models)
     if not len(models) == len(out_dirs) == len(names):
         raise ValueError("models, out_dirs and names must have the same length")
-    data_root, records = load_records(data, root=root)
-    chosen = select(records, split, families)
+    options = data if isinstance(data, DataOptions) else DataOptions(data=[str(data)])
+    datasets, notes = read_data(options, [split])
+    stems = [Path(ds.source).stem for ds in datasets]
+    if len(set(stems)) != len(stems):
+        raise InputError(f"{', '.join(options.data)}: dataset file names must differ (they name the outputs)")
+    reports = []
+    for ds, stem in zip(datasets, stems, strict=True):
+        dirs = out_dirs if len(datasets) == 1 else [Path(d) / stem for d in out_dirs]
+        reports += _evaluate_dataset(models, ds, dirs, names, split=split, families=families, video_agg=video_agg,
+                                     k=k, batch_size=batch_size, progress=progress, device=device, roc=roc,
+                                     models_per_pass=models_per_pass, notes=notes)
+    return reports
+
+
+def _evaluate_dataset(models, ds: Dataset, out_dirs, names, *, split, families, video_agg, k, batch_size, progress,
+                      device, roc, models_per_pass, notes) -> list[dict]:
+    chosen = select(ds.records, split, families)
     if not chosen:
         which = f" for families {families}" if families else ""
-        raise InputError(f"{data}: no images in split {split!r}{which}")
+        raise InputError(f"{ds.source}: no images in split {split!r}{which}")
     if families and not any(r.label == 1 for r in chosen):
-        raise InputError(f"{data}: no fake images of families {families} in split {split!r}")
+        raise InputError(f"{ds.source}: no fake images of families {families} in split {split!r}")
     target = torch.device(device) if device else default_device()
-    settings = {"data": str(data), "split": split, "video_agg": video_agg,
-                "topk": k if video_agg == "topk" else None, "n_images": len(chosen)}
+    settings = {"data": ds.source, "split": split, "video_agg": video_agg,
+                "topk": k if video_agg == "topk" else None, "n_images": len(chosen),
+                "data_warnings": [*ds.warnings, *notes], "split_overlap": ds.overlap}
     reports = []
     for start in range(0, len(models), models_per_pass):
         group = range(start, min(start + models_per_pass, len(models)))
         loaded = [_load(models[i], names[i]) for i in group]
         csv_paths = [Path(out_dirs[i]) / "predictions.csv" for i in group]
-        predict([d.to(target) for d, _, _ in loaded], data_root, chosen, batch_size=batch_size,
+        predict([d.to(target) for d, _, _ in loaded], ds.root, chosen, batch_size=batch_size,
                 csv_path=csv_paths, progress=progress)
         for (_, meta, name), csv_path in zip(loaded, csv_paths, strict=True):
             reports.append(_report(csv_path, name, meta, settings, roc))

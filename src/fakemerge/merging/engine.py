@@ -27,8 +27,9 @@ from fakemerge.keys import HEAD_KEYS
 from fakemerge.merging.recipe import portable
 from fakemerge.merging.report import jsonable, outlier_warnings, write_report
 from fakemerge.merging.scan import scan_inputs
-from fakemerge.models.backbone import backbone_state, config_to_dict, load_base
 from fakemerge.models.detector import ModelMeta, read_meta
+from fakemerge.models.loading import open_source
+from fakemerge.models.preprocessing import common_preprocessing
 from fakemerge.progress import Progress, silent
 
 HEAD_MODES = ("average", "norm_matched")
@@ -50,18 +51,9 @@ class Base:
 
 
 def open_base(spec: str | os.PathLike) -> Base:
-    """A fakemerge file or an HF directory with safetensors weights is read lazily; an HF id is loaded."""
-    path = Path(spec)
-    if path.suffix == ".safetensors":
-        meta = read_meta(path)
-        return Base(LazyState(path), meta.base_id or str(spec), meta.backbone_config)
-    if path.is_dir() and any(path.glob("model*.safetensors")) and (path / "config.json").is_file():
-        from transformers import CLIPVisionConfig
-
-        config = config_to_dict(CLIPVisionConfig.from_pretrained(path))
-        return Base(LazyState(path, float32=True), str(spec), config)
-    model, base_id = load_base(spec)
-    return Base(backbone_state(model), base_id, config_to_dict(model.config))
+    """Any base the one loader opens (fakemerge file and HF directory lazily, an HF id loaded)."""
+    source = open_source(spec)
+    return Base(source.state, source.id, source.config)
 
 
 def open_specialist(path: str | os.PathLike,
@@ -149,6 +141,7 @@ def merge_files(method: str, base: str | os.PathLike, specialists: list[str | os
             if h[k].shape != heads[0][k].shape:
                 raise InputError(f"{name}: tensor {k} has shape {list(h[k].shape)}, "
                                  f"{names[0]} has {list(heads[0][k].shape)}")
+    preprocessing = common_preprocessing([(n, m.preprocessing_for(n)) for n, m in zip(names, metas, strict=True)])
 
     scan = scan_inputs(b.state, states, names, heads, progress)
     for name, meta in zip(names, metas, strict=True):
@@ -166,7 +159,7 @@ def merge_files(method: str, base: str | os.PathLike, specialists: list[str | os
                          for p, h, m in zip(specialists, scan.hashes, metas, strict=True)],
               "parameters": full_params, "head": head}
     meta = ModelMeta(kind="merged", method=method, families=families, base_id=b.id, base_hash=scan.base_hash,
-                     backbone_config=b.config, recipe=recipe)
+                     backbone_config=b.config, recipe=recipe, preprocessing=preprocessing.to_dict())
     diagnostics: dict = {}
     out_layout = {**layout, **{k: (heads[0][k].dtype, tuple(heads[0][k].shape)) for k in HEAD_KEYS}}
     with atomic_path(out) as tmp, SafetensorsWriter(tmp, out_layout, meta.to_header()) as writer:

@@ -4,6 +4,7 @@ File layout: backbone tensors under `vision_model.*` (Hugging Face hub spelling)
 `head.weight` / `head.bias`; the header metadata holds a `ModelMeta` (one JSON string per field) under
 fakemerge's own marker `fakemerge_format`, and `format: pt` as transformers 4.x requires of every
 safetensors file it loads. Files written before 0.2 carried the marker in `format`: still read.
+Opening any model path (this format or the field's) is `fakemerge.models.loading`'s job.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 import fakemerge
 from fakemerge.errors import InputError
 from fakemerge.io.safetensors import save_tensors
-from fakemerge.keys import PREFIX
-from fakemerge.models.backbone import backbone_state, config_from_dict, config_to_dict, load_backbone_state
+from fakemerge.keys import HEAD_KEYS, PREFIX
+from fakemerge.models.backbone import backbone_state, build_backbone, config_to_dict
 from fakemerge.models.preprocessing import Preprocessing
 
 FORMAT = "fakemerge.detector/1"
@@ -34,12 +35,12 @@ class ModelMeta:
     """What a model file says about itself; enough to rebuild, audit and re-merge it."""
 
     kind: str = "specialist"  # base | specialist | joint | merged
-    method: str | None = None  # training method (full, linear, effort, fmsd) or merge method
+    method: str | None = None  # training method (full, linear, effort, fmsd), merge method or imported:<format>
     families: list[str] = field(default_factory=list)
     base_id: str | None = None
     base_hash: str | None = None
     backbone_config: dict = field(default_factory=dict)
-    recipe: dict = field(default_factory=dict)  # training settings or merge recipe
+    recipe: dict = field(default_factory=dict)  # training settings, merge recipe or import source
     extra: dict = field(default_factory=dict)  # e.g. layer-mask scores, validation metrics
     preprocessing: dict = field(default_factory=dict)  # Preprocessing.to_dict(); {}: written before 0.2
     threshold: float | None = None  # the calibrated P(fake) threshold; None: uncalibrated (0.5 is used)
@@ -50,7 +51,7 @@ class ModelMeta:
 
     @classmethod
     def from_header(cls, header: dict[str, str], source: str) -> ModelMeta:
-        if FORMAT not in (header.get(MARKER), header.get("format")):
+        if not is_fakemerge_header(header):
             raise InputError(f"{source}: not a fakemerge model file (no '{FORMAT}' metadata)")
         names = cls.__dataclass_fields__
         return cls(**{k: json.loads(v) for k, v in header.items() if k in names})
@@ -61,6 +62,10 @@ class ModelMeta:
         if self.preprocessing:
             return Preprocessing.from_dict(self.preprocessing, source)
         return Preprocessing(size=int(self.backbone_config["image_size"]))
+
+
+def is_fakemerge_header(header: dict[str, str]) -> bool:
+    return FORMAT in (header.get(MARKER), header.get("format"))
 
 
 class Detector(nn.Module):
@@ -102,32 +107,35 @@ def save_detector(detector: Detector, path: str | os.PathLike, meta: ModelMeta) 
     save_tensors(detector.state_tensors(), path, meta.to_header())
 
 
-def read_meta(path: str | os.PathLike) -> ModelMeta:
+def read_header(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a safetensors file (any, fakemerge's or not)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
     try:
         with safe_open(str(path), "pt") as f:
-            header = f.metadata() or {}
+            return f.metadata() or {}
     except Exception as e:  # safetensors raises several types for a corrupt header
         raise InputError(f"{path}: not a readable safetensors file ({e})") from None
-    return ModelMeta.from_header(header, str(path))
+
+
+def read_meta(path: str | os.PathLike) -> ModelMeta:
+    return ModelMeta.from_header(read_header(path), str(path))
 
 
 def detector_from_tensors(tensors: dict[str, torch.Tensor], meta: ModelMeta, source: str = "model") -> Detector:
-    backbone = CLIPVisionModel(config_from_dict(meta.backbone_config))
+    """A Detector of `meta`'s config and preprocessing holding `tensors` (backbone + `head.*`)."""
+    missing = [k for k in HEAD_KEYS if k not in tensors]
+    if missing:
+        raise InputError(f"{source}: has no {missing[0]} (a detector needs a head; this is a backbone)")
+    try:
+        backbone = build_backbone(meta.backbone_config, {k: v for k, v in tensors.items() if k.startswith(PREFIX)})
+    except InputError as e:
+        raise InputError(f"{source}: {e}") from None
     detector = Detector(backbone, meta.preprocessing_for(source), meta.threshold)
-    load_backbone_state(backbone, {k: v for k, v in tensors.items() if k.startswith(PREFIX)})
-    detector.head.load_state_dict({"weight": tensors["head.weight"], "bias": tensors["head.bias"]})
+    head = {"weight": tensors["head.weight"].float(), "bias": tensors["head.bias"].float()}
+    if head["weight"].shape != detector.head.weight.shape or head["bias"].shape != detector.head.bias.shape:
+        raise InputError(f"{source}: head has shapes {list(head['weight'].shape)}, {list(head['bias'].shape)}; "
+                         f"expected {list(detector.head.weight.shape)}, {list(detector.head.bias.shape)}")
+    detector.head.load_state_dict(head)
     return detector.float().eval()
-
-
-def load_detector(path: str | os.PathLike) -> tuple[Detector, ModelMeta]:
-    """The one way to load a fakemerge model file (safetensors only; no pickles)."""
-    from safetensors.torch import load_file
-
-    meta = read_meta(path)
-    tensors = load_file(str(path))
-    if "head.weight" not in tensors:
-        raise InputError(f"{path}: model file has no head tensors")
-    return detector_from_tensors(tensors, meta, str(path)), meta

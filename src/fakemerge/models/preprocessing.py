@@ -2,7 +2,10 @@
 
 A detector only works on inputs prepared as in its training: DeepfakeBench/DF40 CLIP detectors were trained
 with mean = std = 0.5, fakemerge's with CLIP's statistics. Train, eval, detect and serve all build inputs
-through `to_input` with the model's own `Preprocessing`, never with constants of their own.
+through `to_input` with the model's own `Preprocessing`, never with constants of their own. `PRESETS` names
+what each origin used (training/config/detector/clip.yaml and effort.yaml of DeepfakeBench, Effort's
+UniversalFakeDetect data pipeline); merging specialists prepared differently is refused
+(`common_preprocessing`).
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ from fakemerge.errors import InputError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# auto: area when shrinking, bicubic when enlarging (what fakemerge models are trained with)
-RESIZE_MODES = {"auto": None, "bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
+# auto: area when shrinking, bicubic when enlarging (what fakemerge models are trained with);
+# center_crop: no interpolation — images smaller than `size` are tiled, then the centre size×size is cut
+# (Effort's GenImage/Chameleon test transform; it tiles below 256 px, which differs only for 224–255 px).
+RESIZE_MODES = {"auto": None, "bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA,
+                "center_crop": None}
+HALF = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,11 @@ class Preprocessing:
         d = asdict(self)
         return {**d, "mean": list(self.mean), "std": list(self.std)}
 
+    def describe(self) -> str:
+        how = "centre crop (tiled if smaller)" if self.resize == "center_crop" else f"{self.resize} resize"
+        return (f"{how} to {self.size}x{self.size}, mean {_short(self.mean)}, std {_short(self.std)} "
+                "(RGB in [0, 1])")
+
     @classmethod
     def from_dict(cls, d: Mapping, source: str) -> Preprocessing:
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))
@@ -62,11 +74,53 @@ class Preprocessing:
             raise InputError(f"{source}: preprocessing {dict(d)}: {e}") from None
 
 
+# What each origin trained with; the size is always the backbone's input size.
+PRESETS = {
+    "fakemerge": {"mean": CLIP_MEAN, "std": CLIP_STD, "resize": "auto"},
+    "deepfakebench": {"mean": HALF, "std": HALF, "resize": "bicubic"},  # DeepfakeBench / DF40 CLIP
+    "effort": {"mean": CLIP_MEAN, "std": CLIP_STD, "resize": "bicubic"},  # Effort in DeepfakeBench
+    "effort-ufd": {"mean": CLIP_MEAN, "std": CLIP_STD, "resize": "center_crop"},  # Effort GenImage/Chameleon
+}
+
+
+def preset(name: str, size: int) -> Preprocessing:
+    if name not in PRESETS:
+        raise InputError(f"--preprocessing {name}: unknown (choose from {', '.join(PRESETS)})")
+    return Preprocessing(size=size, **PRESETS[name])
+
+
+def common_preprocessing(models: list[tuple[str, Preprocessing]]) -> Preprocessing:
+    """The one preprocessing of several models (name, preprocessing); models trained on inputs prepared
+    differently cannot be merged into one, so a difference is an error naming both."""
+    first_name, first = models[0]
+    for name, prep in models[1:]:
+        if prep != first:
+            raise InputError(f"{name}: its preprocessing ({prep.describe()}) differs from {first_name}'s "
+                             f"({first.describe()}); models trained on differently prepared inputs cannot be "
+                             "merged into one")
+    return first
+
+
+def _short(values: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
+def _tile_center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    if h < size or w < size:
+        image = np.tile(image, (-(-size // h), -(-size // w), 1))
+        h, w = image.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[top:top + size, left:left + size]
+
+
 def to_input(image_rgb: np.ndarray, prep: Preprocessing) -> np.ndarray:
     """HxWx3 uint8 RGB -> 3xSxS float32, normalised as the model was trained."""
     h, w = image_rgb.shape[:2]
     size = prep.size
-    if (h, w) != (size, size):
+    if prep.resize == "center_crop":
+        image_rgb = _tile_center_crop(image_rgb, size)
+    elif (h, w) != (size, size):
         interp = RESIZE_MODES[prep.resize]
         if interp is None:
             interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_CUBIC

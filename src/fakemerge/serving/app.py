@@ -17,7 +17,8 @@ from fastapi.responses import HTMLResponse
 from fakemerge.data.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from fakemerge.errors import FakemergeError
 from fakemerge.inference import DetectOptions, detect
-from fakemerge.models.detector import Detector, load_detector
+from fakemerge.models.detector import Detector
+from fakemerge.models.loading import load_detector
 
 STATIC = Path(__file__).with_name("static")
 MAX_UPLOAD_BYTES = 512 << 20

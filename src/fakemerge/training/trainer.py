@@ -22,13 +22,15 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from fakemerge.config import TrainConfig
+from fakemerge.data import options as data_options
 from fakemerge.data.dataset import EpochShuffle, ImageDataset, drop_skipped
-from fakemerge.data.formats import load_records
 from fakemerge.data.records import Record, select
 from fakemerge.errors import InputError
 from fakemerge.io import write_text
-from fakemerge.models.backbone import backbone_hash, load_base
+from fakemerge.io.safetensors import tensors_sha256
+from fakemerge.models.backbone import build_backbone
 from fakemerge.models.detector import Detector, ModelMeta, save_detector
+from fakemerge.models.loading import open_source
 from fakemerge.progress import Progress, silent
 from fakemerge.training import checkpoint, methods
 
@@ -59,12 +61,18 @@ def train(config: TrainConfig, progress: Progress = silent) -> TrainResult:
     out = Path(config.out)
     ckpt = checkpoint.checkpoint_dir(out)
 
-    root, records = load_records(config.data, config.root)
-    train_records, val_records = _splits(records, config, str(config.data))
-    base, base_id = load_base(config.base)
-    base_hash = backbone_hash(base)
+    splits = ["train", config.val_split] if config.val_split else ["train"]
+    datasets, data_notes = data_options.read(config.data_options(), splits)
+    root, records, combine_notes = data_options.combined(datasets)
+    data_notes = [w for ds in datasets for w in ds.warnings] + data_notes + combine_notes
+    for message in data_notes:
+        note(message, warning=message)
+    train_records, val_records = _splits(records, config, ", ".join(config.data))
+    source = open_source(config.base)
+    base_hash = tensors_sha256(source.state)  # the hash the merge engine computes for this base
+    base = build_backbone(source.config, source.state)
     torch.manual_seed(config.seed)
-    detector = Detector(base)
+    detector = Detector(base, source.preprocessing)  # inputs prepared as the base's (its file says how)
 
     train_set = ImageDataset(root, train_records, detector.preprocessing, flip=config.flip, seed=config.seed)
     val_set = ImageDataset(root, val_records, detector.preprocessing)
@@ -145,11 +153,12 @@ def train(config: TrainConfig, progress: Progress = silent) -> TrainResult:
         extra = {"val": best["val"], "history": history, "selected_epoch": best["epoch"],
                  "selected_by": f"val_{config.select_metric}" if val_records else "last epoch",
                  "trainable_params": n_trainable, "skipped": len(skipped),
-                 "processes": accelerator.num_processes}
+                 "processes": accelerator.num_processes, "data_warnings": data_notes,
+                 "split_overlap": {ds.source: ds.overlap for ds in datasets if ds.overlap}}
         extra.update(prepared.finalize(detector) or {})
         extra.update(best["info"])  # what the method's epoch hook said about the saved weights
         meta = ModelMeta(kind="specialist" if len(config.families) == 1 else "joint", method=config.method,
-                         families=list(config.families), base_id=base_id, base_hash=base_hash,
+                         families=list(config.families), base_id=source.id, base_hash=base_hash,
                          recipe=config.recipe(), extra=extra)
         save_detector(detector, out, meta)
         if "layer_scores" in extra:
@@ -165,9 +174,10 @@ def train(config: TrainConfig, progress: Progress = silent) -> TrainResult:
 
 
 def _splits(records: list[Record], config: TrainConfig, source: str) -> tuple[list[Record], list[Record]]:
-    """Train/val records of the chosen families (+ reals); each needs both classes."""
+    """Train/val records of the chosen families or methods (+ reals); each needs both classes."""
     known = sorted({r.family for r in records if r.label == 1})
-    unknown = [f for f in config.families if f not in known]
+    methods = {r.method for r in records if r.label == 1}
+    unknown = [f for f in config.families if f not in known and f not in methods]
     if unknown:
         raise InputError(f"{source}: no fakes of family {', '.join(unknown)} (families: {', '.join(known)})")
     train = select(records, "train", config.families)
