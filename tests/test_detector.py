@@ -10,8 +10,9 @@ from transformers import CLIPVisionModel
 from fakemerge.errors import InputError
 from fakemerge.io.safetensors import save_tensors, tensors_sha256
 from fakemerge.keys import PREFIX, canonical, strip_prefix
-from fakemerge.models.backbone import backbone_hash, load_backbone_state, load_base, tiny_config
-from fakemerge.models.detector import Detector, ModelMeta, load_detector, read_meta, save_detector
+from fakemerge.models.backbone import backbone_hash, load_backbone_state, tiny_config
+from fakemerge.models.detector import Detector, ModelMeta, read_meta, save_detector
+from fakemerge.models.loading import load_base, load_detector
 
 TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64)

@@ -18,8 +18,9 @@ from fakemerge.merging import merge, resolve_params
 from fakemerge.merging.engine import merge_files, merge_heads
 from fakemerge.merging.recipe import recipe_from_merged
 from fakemerge.merging.report import cosine_to_others, outlier_warnings
-from fakemerge.models.backbone import backbone_hash, backbone_state, load_base
-from fakemerge.models.detector import Detector, ModelMeta, load_detector, read_meta, save_detector
+from fakemerge.models.backbone import backbone_hash, backbone_state
+from fakemerge.models.detector import Detector, ModelMeta, read_meta, save_detector
+from fakemerge.models.loading import load_base, load_detector
 
 
 def make_specialist(

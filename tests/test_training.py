@@ -17,8 +17,9 @@ from fakemerge.cli import main as cli_main
 from fakemerge.config import TrainConfig, parse_assignments
 from fakemerge.errors import InputError
 from fakemerge.keys import PREFIX
-from fakemerge.models.backbone import backbone_hash, backbone_state, load_base
-from fakemerge.models.detector import Detector, load_detector, read_meta
+from fakemerge.models.backbone import backbone_hash, backbone_state
+from fakemerge.models.detector import Detector, read_meta
+from fakemerge.models.loading import load_base, load_detector
 from fakemerge.training import methods
 from fakemerge.training.methods import Prepared, register_method
 from fakemerge.training.trainer import train

@@ -79,9 +79,8 @@ def read_dataset(data: str | os.PathLike, *, root: str | os.PathLike | None = No
     else:
         records = records_from_deepfakebench(_read_json(table), str(table), splits=splits, compression=compression,
                                              family_map=family_map, warnings=warnings)
-    if table is None or table.suffix.lower() == ".csv":
-        if compression is not None:
-            warnings.append(f"{data}: not a DeepfakeBench JSON, so --compression {compression} does not apply")
+    if (table is None or table.suffix.lower() == ".csv") and compression is not None:
+        warnings.append(f"{data}: not a DeepfakeBench JSON, so --compression {compression} does not apply")
     source = str(table or data)
     records = _map_paths(records, path_map, source, warnings)
     overlap = split_overlap(records, splits)

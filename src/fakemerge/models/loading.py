@@ -182,7 +182,7 @@ def _fakemerge_file(spec: str) -> Source:
     meta = ModelMeta.from_header(read_header(spec), spec)
     state = LazyState(spec)
     head = {k: state.extra(k) for k in HEAD_KEYS}
-    origin = "stored in the model file" if meta.preprocessing else "CLIP's (file written before preprocessing was stored)"
+    origin = "stored in the model file" if meta.preprocessing else "CLIP's (the file predates stored preprocessing)"
     return Source(spec, "fakemerge", state, meta.backbone_config, meta.preprocessing_for(spec), origin,
                   meta.base_id or spec, meta, head if all(v is not None for v in head.values()) else None)
 

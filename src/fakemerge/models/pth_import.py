@@ -10,7 +10,8 @@ Layouts (each reproduced with real key names in tests/test_checkpoints.py):
     (a V given as in×k is transposed; a square V is read as k×in, as Effort writes it); frozen `U_r`/`S_r`/
     `V_r` copies are dropped. Trained with CLIP's mean/std (`effort.yaml`).
   * Effort's GenImage / Chameleon checkpoints (UniversalFakeDetect code): `{'model': state_dict,
-    'optimizer': …, 'total_steps': …}`, keys `model.vision_model.*` (+ the unused text tower) and a one-logit
+    'optimizer': …, 'total_steps': …}`, keys `model.vision_model.*` (Effort's residual layers, densified as
+    above; + the unused text tower) and a one-logit
     head `fc.weight` [1, D], `fc.bias` [1] trained with a sigmoid: logit z becomes two logits [0, z]
     (softmax of those is sigmoid(z)). CLIP's mean/std on a centre crop.
   * A plain HF-named state dict (`vision_model.*` or unprefixed + `head.*`), in a `.pth` or a `.safetensors`.
@@ -148,7 +149,7 @@ def from_state(state: dict[str, torch.Tensor], source: str, fmt: str = "auto") -
     found = layout_of(state, source)
     if fmt not in ("auto", found):
         raise InputError(f"{source}: --format {fmt} given, but its keys are those of {ORIGIN[found]} ({found})")
-    if found == "effort":
+    if any(k.endswith(".weight_main") for k in state):  # Effort's residual layers, in either codebase
         state = densify_effort(state, source)
     strip, head_prefix = {"deepfakebench": ("backbone.", "head."), "effort": ("backbone.", "head."),
                           "effort-ufd": ("model.", "fc."), "hf": ("", "head.")}[found]
