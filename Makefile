@@ -4,6 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU wheel on the build machines; on a GPU machine keep your own torch (set TORCH_SPEC= to skip).
 TORCH_SPEC ?= torch==2.13.0
+# transformers 4.x beside the venv's 5.x (pyproject allows both): tests/test_hf_export.py loads fakemerge's
+# files with it. A --target folder without dependencies (torch, numpy, safetensors come from the venv): ~15 MB.
+TRANSFORMERS4 := $(VENV)/transformers4
+TRANSFORMERS4_SPEC := transformers==4.57.6 huggingface_hub==0.36.2 tokenizers==0.22.2 requests==2.34.2 \
+	urllib3==2.8.0 charset_normalizer==3.5.3
 
 .PHONY: setup demo test lint bench
 
@@ -18,8 +23,12 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/fakemerge demo --out runs/demo
 
-test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+$(TRANSFORMERS4)/.installed: $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps --target $(TRANSFORMERS4) $(TRANSFORMERS4_SPEC)
+	touch $@
+
+test: setup $(TRANSFORMERS4)/.installed
+	HF_HUB_OFFLINE=1 FAKEMERGE_TRANSFORMERS4=$(abspath $(TRANSFORMERS4)) $(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

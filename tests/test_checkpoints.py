@@ -35,6 +35,25 @@ def clip_model(seed: int = 0, **vision) -> CLIPModel:
     return model
 
 
+def tiny_detector(base_dir, seed: int = 0) -> Detector:
+    """A fakemerge Detector on the base, "fine-tuned" (perturbed); used by other tests' checkpoints too."""
+    model, _ = load_base(base_dir)
+    torch.manual_seed(seed)
+    detector = Detector(model).eval()
+    with torch.no_grad():
+        for p in detector.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return detector
+
+
+def deepfakebench_state(detector: Detector, vision_prefix: str = "", ddp: bool = True) -> dict:
+    """What DeepfakeBench's CLIP detector saves, from a fakemerge Detector's tensors."""
+    state = {f"backbone.{vision_prefix}{k.removeprefix('vision_model.')}": v.clone()
+             for k, v in detector.backbone.state_dict().items()}
+    state |= {f"head.{k}": v.clone() for k, v in detector.head.state_dict().items()}
+    return {("module." if ddp else "") + k: v for k, v in state.items()}
+
+
 def images(n: int = 3, size: int = 40, seed: int = 1) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]

@@ -107,6 +107,11 @@ def test_report_and_import_then_merge(tiny_base, specs, tmp_path, capsys):
     imported = tmp_path / "imported.safetensors"
     assert run("import", pth, "-o", imported, "--base", tiny_base, "--family", "FE") == 0
     assert "imported" in capsys.readouterr().out
+    # DeepfakeBench's 0.5/0.5 inputs are not a fakemerge specialist's: the merge says so and writes nothing
+    assert run("merge", "-m", "average", "--base", tiny_base, specs[0], imported, "-o", tmp_path / "x.safetensors") == 2
+    assert "preprocessing" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
+    assert run("import", pth, "-o", imported, "--base", tiny_base, "--family", "FE",
+               "--preprocessing", "fakemerge") == 0
     rep = tmp_path / "rep"
     assert (
         run(
@@ -127,7 +132,7 @@ def test_report_and_import_then_merge(tiny_base, specs, tmp_path, capsys):
     assert (rep / "report.json").is_file() and (rep / "task_cosine.png").is_file()
     assert read_meta(tmp_path / "m.safetensors").families == ["FS", "FE"]
     no_base = tmp_path / "nobase.safetensors"
-    assert run("import", pth, "-o", no_base) == 0
+    assert run("import", pth, "-o", no_base, "--preprocessing", "fakemerge") == 0
     assert (
         run(
             "merge", "-m", "average", "--base", tiny_base, specs[0], no_base, "-o", tmp_path / "n.safetensors"
