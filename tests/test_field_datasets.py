@@ -237,3 +237,15 @@ def test_several_datasets_combine_for_training(tmp_path):
     root, records, notes = combined([a, b])
     assert len(records) == 2 * len(a.records) and notes == []
     assert all(r.path.startswith(str(tmp_path)) for r in records)
+
+
+def test_train_config_carries_the_data_options(tmp_path):
+    from fakemerge.config import TrainConfig, build
+
+    cfg = build(TrainConfig, {"base": "b", "data": "x.json", "families": "FS", "out": "o", "compression": "c40",
+                              "frames_per_video": 8, "path_map": ["/a/=b/"]}, "train.yaml")
+    options = cfg.data_options()
+    assert options.data == ["x.json"] and options.compression == "c40" and options.frames_per_video == 8
+    assert options.prefix_pairs() == [("/a/", "b/")] and cfg.recipe()["compression"] == "c40"
+    with pytest.raises(InputError, match="train.yaml: compression: Input should be 'c23', 'c40' or 'raw'"):
+        build(TrainConfig, {"base": "b", "data": "x", "families": "FS", "out": "o", "compression": "c0"}, "train.yaml")

@@ -174,3 +174,32 @@ def test_detect_resizes_with_the_models_own_mode(tiny_base, field, tmp_path):
     assert run("detect", merged, tmp_path / "face.png", "--json", tmp_path / "det.json") == 0
     score = json.loads((tmp_path / "det.json").read_text())[0]["score"]
     np.testing.assert_allclose(score, reference(models[:1], [big])[0], rtol=1e-5)
+
+
+def test_training_takes_the_bases_preprocessing(tiny_base, field, tmp_path):
+    """A fakemerge-file base keeps its own preprocessing: fine-tuning an imported DeepfakeBench model stays
+    on 0.5/0.5 inputs."""
+    d, _ = field
+    base = tmp_path / "dfb.safetensors"
+    assert run("import", d / "train_on_fs.pth", "-o", base, "--base", tiny_base) == 0
+    data = make_tiny_dataset(tmp_path / "data", n_per=2, frames=1)
+    out = tmp_path / "ft.safetensors"
+    assert run("train", "--base", base, "--data", data, "--families", "FS", "-o", out, "--epochs", "1",
+               "--method", "linear") == 0
+    assert read_meta(out).preprocessing == read_meta(base).preprocessing == {
+        "size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "resize": "bicubic"}
+
+
+def test_eval_of_dfdc_json_warns_about_its_val(tmp_path, capsys, tiny_base):
+    from test_checkpoints import tiny_detector
+    from test_field_datasets import dfdc, touch_frames
+
+    from fakemerge.data.formats import read_dataset
+    from fakemerge.models.detector import ModelMeta, save_detector
+
+    save_detector(tiny_detector(tiny_base), tmp_path / "m.safetensors", ModelMeta(families=["FS"]))
+    path = dfdc(tmp_path)
+    touch_frames(tmp_path, read_dataset(path, splits=["test"]).records)
+    assert run("eval", tmp_path / "m.safetensors", "--data", path, "-o", tmp_path / "e") == 0
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "DFDC_Real/val is a single {label, frames} entry" in err and "ignored" in err

@@ -117,3 +117,13 @@ def test_models_package_imports_no_merging_and_has_no_cycle():
             "import fakemerge.models.loading, fakemerge.models.pth_import, fakemerge.models.hf_export; "
             "bad = sorted(m for m in sys.modules if m.startswith('fakemerge.merging')); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_common_preprocessing_refuses_a_difference():
+    from fakemerge.models.preprocessing import common_preprocessing
+
+    clip, half = Preprocessing(size=32), preset("deepfakebench", 32)
+    assert common_preprocessing([("a", clip), ("b", Preprocessing(size=32))]) == clip
+    with pytest.raises(InputError, match=r"b: its preprocessing \(bicubic resize to 32x32, mean \[0.5, 0.5, 0.5\].*"
+                                         r"differs from a's \(auto resize"):
+        common_preprocessing([("a", clip), ("b", half)])
