@@ -14,21 +14,13 @@ import pytest
 import torch
 from conftest import make_tiny_dataset
 from test_checkpoints import clip_model, deepfakebench_ckpt, reference_inputs
+from test_merge_cli import run
 from torch import nn
 
-from fakemerge.cli import main
 from fakemerge.keys import strip_prefix
 from fakemerge.models.backbone import backbone_state
 from fakemerge.models.detector import read_meta
 from fakemerge.models.loading import load_base
-
-
-def run(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
-    return 0
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ lr by method when not given (full 3e-4, linear 1e-3, others as their method regi
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from fakemerge.data.options import DataOptions
 from fakemerge.errors import InputError
+from fakemerge.io import read_mapping
 
 
 class TrainConfig(DataOptions):
@@ -69,7 +69,7 @@ class TrainConfig(DataOptions):
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
-        return build(cls, read_yaml(path), overrides, str(path))
+        return build(cls, read_mapping(path), overrides, str(path))
 
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
         from fakemerge.io import write_text
@@ -78,19 +78,6 @@ class TrainConfig(DataOptions):
         if path is not None:
             write_text(path, text)
         return text
-
-
-def read_yaml(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    try:
-        obj = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as e:
-        raise InputError(f"{path}: cannot read config ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"{path}: config must be a mapping of settings")
-    return obj
 
 
 def parse_assignments(pairs: list[str], source: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from fakemerge.cli import ui
+from fakemerge.cli import dataflags, ui
 from fakemerge.errors import InputError
 
 
@@ -47,15 +47,11 @@ def eval_command(
     topk: int = typer.Option(3, "--topk", help="k for --video-agg topk."),
     batch_size: int = typer.Option(128, "--batch-size"),
     root: Path = typer.Option(None, "--root", help="Data root (default: the JSON's directory)."),
-    compression: str = typer.Option(None, "--compression", help="c23 | c40 | raw: the level of FF++-style "
-                                    "JSONs (default c23; a level the file lacks is an error)."),
-    frames_per_video: int = typer.Option(None, "--frames-per-video", help="Frames per video, evenly spaced "
-                                         "(default: all listed)."),
-    family_map: Path = typer.Option(None, "--family-map", help="YAML mapping each family to a list of "
-                                    "label groups or methods; DF40's methods are built in."),
-    path_map: list[str] = typer.Option(None, "--path-map", help="OLD=NEW frame-path prefix rewrite (repeatable)."),
-    allow_split_overlap: bool = typer.Option(False, "--allow-split-overlap", help="Proceed although the split "
-                                             "shares frames or videos with another (the report says so)."),
+    compression: str = dataflags.COMPRESSION,
+    frames_per_video: int = dataflags.FRAMES_PER_VIDEO,
+    family_map: str = dataflags.FAMILY_MAP,
+    path_map: list[str] = dataflags.PATH_MAP,
+    allow_split_overlap: bool = dataflags.ALLOW_SPLIT_OVERLAP,
     models_per_pass: int = typer.Option(8, "--models-per-pass", min=1,
                                         help="Models sharing one pass over the data (all are held in memory)."),
 ) -> None:
@@ -75,7 +71,7 @@ def eval_command(
                          "(they name the outputs)")
     try:
         options = DataOptions(data=data, root=str(root) if root else None, compression=compression,
-                              frames_per_video=frames_per_video, family_map=str(family_map) if family_map else None,
+                              frames_per_video=frames_per_video, family_map=family_map,
                               path_map=list(path_map or []), allow_split_overlap=allow_split_overlap)
     except ValidationError as e:
         where, msg = first_error(e, "data options")

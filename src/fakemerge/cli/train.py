@@ -10,8 +10,9 @@ from pathlib import Path
 
 import typer
 
-from fakemerge.cli import ui
-from fakemerge.config import TrainConfig, build, parse_assignments, read_yaml
+from fakemerge.cli import dataflags, ui
+from fakemerge.config import TrainConfig, build, parse_assignments
+from fakemerge.io import read_mapping
 
 _METHOD_FLAGS = ("rank", "subspaces", "layer_ratio", "score", "lambda_orth", "lambda_spec")
 
@@ -24,16 +25,11 @@ def train_command(
     out: Path = typer.Option(None, "--out", "-o", help="Output model file (.safetensors)."),
     method: str = typer.Option(None, "--method", help="full | linear | a registered subspace method."),
     root: str = typer.Option(None, "--root", help="Data root (default: the dataset file's folder)."),
-    compression: str = typer.Option(None, "--compression", help="c23 | c40 | raw: the level of FF++-style "
-                                    "JSONs (default c23; a level the file lacks is an error)."),
-    frames_per_video: int = typer.Option(None, "--frames-per-video", help="Frames per video, evenly spaced "
-                                         "(default: all listed)."),
-    family_map: str = typer.Option(None, "--family-map", help="YAML mapping each family to a list of "
-                                   "label groups or methods; DF40's methods are built in."),
-    path_map: list[str] = typer.Option(None, "--path-map", help="OLD=NEW frame-path prefix rewrite "
-                                       "(repeatable), e.g. DF40's absolute cluster paths."),
-    allow_split_overlap: bool = typer.Option(False, "--allow-split-overlap", help="Proceed although splits share "
-                                             "frames or videos (recorded in the model's metadata)."),
+    compression: str = dataflags.COMPRESSION,
+    frames_per_video: int = dataflags.FRAMES_PER_VIDEO,
+    family_map: str = dataflags.FAMILY_MAP,
+    path_map: list[str] = dataflags.PATH_MAP,
+    allow_split_overlap: bool = dataflags.ALLOW_SPLIT_OVERLAP,
     epochs: int = typer.Option(None, "--epochs", help="Epochs (default 3)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Batch size per process (default 32)."),
     lr: float = typer.Option(None, "--lr",
@@ -74,7 +70,7 @@ def train_command(
     method_options.update(parse_assignments(opts or [], "--opt"))
     if method_options:
         flags["method_options"] = method_options
-    file_settings = read_yaml(config) if config is not None else {}
+    file_settings = read_mapping(config) if config is not None else {}
     cfg = build(TrainConfig, file_settings, flags, parse_assignments(sets or [], "--set"),
                 str(config) if config is not None else "train settings")
 

@@ -13,11 +13,9 @@ fakes, `simswap_Fake` DF40's SimSwap), so a fake's family is, in this order:
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
-import yaml
 
 from fakemerge.errors import InputError
+from fakemerge.io import read_mapping
 
 # DF40's methods by family (YZY-stack/DF40), spelled as DF40's label groups spell them (`<name>_Fake`;
 # matched case-insensitively). `ddim` is DF40's label for its DDPM-family set; DF40's test-only
@@ -48,16 +46,8 @@ class FamilyMap:
     def read(cls, path: str | os.PathLike | None) -> FamilyMap:
         if path is None:
             return cls()
-        path = Path(path)
-        try:
-            obj = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except OSError as e:
-            raise InputError(f"{path}: cannot read family map ({e.strerror or e})") from None
-        except yaml.YAMLError as e:
-            raise InputError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
+        obj = read_mapping(path, "family map")
         hint = "expected {family: [label group or method, ...]}, e.g. {FS: [FF-DF, FF-FS], FR: [FF-F2F, FF-NT]}"
-        if not isinstance(obj, dict):
-            raise InputError(f"{path}: family map is not a mapping ({hint})")
         mapping: dict[str, str] = {}
         for family, names in obj.items():
             if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):

@@ -35,6 +35,7 @@ from pathlib import Path, PurePosixPath
 from fakemerge.data.families import FamilyMap, family_of
 from fakemerge.data.records import REAL, Record
 from fakemerge.errors import InputError
+from fakemerge.io import read_mapping
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
@@ -77,7 +78,8 @@ def read_dataset(data: str | os.PathLike, *, root: str | os.PathLike | None = No
     elif table.suffix.lower() == ".csv":
         records = _records_from_csv(table, family_map)
     else:
-        records = records_from_deepfakebench(_read_json(table), str(table), splits=splits, compression=compression,
+        obj = read_mapping(table, "DeepfakeBench dataset JSON")
+        records = records_from_deepfakebench(obj, str(table), splits=splits, compression=compression,
                                              family_map=family_map, warnings=warnings)
     if (table is None or table.suffix.lower() == ".csv") and compression is not None:
         warnings.append(f"{data}: not a DeepfakeBench JSON, so --compression {compression} does not apply")
@@ -112,18 +114,6 @@ def load_records(data: str | os.PathLike, root: str | os.PathLike | None = None,
 def _check_root(root: Path) -> None:
     if not root.is_dir():
         raise InputError(f"{root}: data root folder not found")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: malformed JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"{path}: not a DeepfakeBench dataset JSON (top level is not an object)")
-    return obj
 
 
 def _looks_like_deepfakebench(obj: object) -> bool:

@@ -1,4 +1,5 @@
-"""File IO: every output is written atomically (temp file + rename), so a crash never leaves half a file.
+"""File IO: every output is written atomically (temp file + rename), so a crash never leaves half a file;
+settings files (JSON or YAML mappings) are read here.
 
 Safetensors reading, streaming writing and content hashes live in `fakemerge.io.safetensors`.
 """
@@ -12,6 +13,8 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from fakemerge.errors import InputError
 
 
 @contextlib.contextmanager
@@ -35,6 +38,31 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_mapping(path: str | os.PathLike, what: str = "config") -> dict:
+    """A JSON (by suffix) or YAML file holding a mapping — settings, a family map, a dataset JSON, a Hugging
+    Face config; anything else is a one-line error naming the file and `what` it should be."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read {what} ({getattr(e, 'strerror', None) or e})") from None
+    if path.suffix.lower() == ".json":  # json: DeepfakeBench JSONs reach hundreds of MB
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: malformed JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    else:
+        import yaml
+
+        try:
+            obj = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: {what} must be a mapping")
+    return obj
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

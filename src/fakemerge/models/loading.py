@@ -16,7 +16,6 @@ base's content hash is the same whichever command computes it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from fakemerge.errors import InputError
-from fakemerge.io import file_sha256
+from fakemerge.io import file_sha256, read_mapping
 from fakemerge.io.safetensors import LazyState, tensors_sha256
 from fakemerge.keys import HEAD_KEYS, canonical_key
 from fakemerge.models.backbone import SHAPE_FIELDS, backbone_state, build_backbone, config_to_dict, infer_config
@@ -201,10 +200,7 @@ def _foreign(spec: str, kind: str, foreign: Foreign, override: str | None) -> So
 
 def _hf_dir(path: Path) -> Source:
     spec = str(path)
-    try:
-        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path / 'config.json'}: cannot read ({e})") from None
+    raw = read_mapping(path / "config.json", "Hugging Face config")
     model_type = raw.get("model_type")
     if model_type == "clip":
         raw = raw.get("vision_config") or {}
@@ -271,10 +267,7 @@ def _head_file(path: Path) -> dict[str, torch.Tensor]:
 def _from_processor(path: Path, size: int) -> Preprocessing:
     """A CLIPImageProcessor config as fakemerge's Preprocessing (square crops: resize then centre crop of the
     shortest edge is a resize); what fakemerge cannot reproduce is an error, not an approximation."""
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: cannot read ({e})") from None
+    d = read_mapping(path, "image processor config")
     crop = d.get("crop_size") or d.get("size") or {}
     want = crop.get("height", crop.get("shortest_edge")) if isinstance(crop, dict) else crop
     if want is not None and int(want) != size:
