@@ -34,7 +34,9 @@ def report_markdown(report: dict) -> str:
     title = f"# {report.get('model', 'model')} on {report.get('data', '?')} ({report.get('split', '?')})"
     lines = [title, "",
              f"Video scores: {report.get('video_agg', 'mean')} of frame scores. Each fake family is scored "
-             "against all reals of the split.", "", head, "|" + "---|" * (len(FRAME_COLUMNS) + 4)]
+             "against all reals of the split. EER is interpolated where FPR and FNR cross (DeepfakeBench takes "
+             "the nearest ROC point); a video is its frames' full folder path (DeepfakeBench groups frames by "
+             "the folder's basename).", "", head, "|" + "---|" * (len(FRAME_COLUMNS) + 4)]
     blocks = [*report["families"].items(), ("**overall**", report["overall"])]
     for fam, m in blocks:
         cells = " | ".join(fmt(m.get(key)) for key, _ in FRAME_COLUMNS)
