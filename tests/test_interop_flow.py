@@ -72,8 +72,8 @@ def test_deepfakebench_normalisation_survives_import_merge_eval_detect(tiny_base
     np.testing.assert_allclose([float(r["score"]) for r in rows], reference(models, imgs), rtol=1e-5, atol=1e-6)
     face = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # at the input size
     cv2.imwrite(str(tmp_path / "face.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
-    assert run("detect", merged, tmp_path / "face.png", "--json", tmp_path / "det.json") == 0
-    score = json.loads((tmp_path / "det.json").read_text())[0]["score"]
+    assert run("detect", merged, tmp_path / "face.png", "--format", "json", "-o", tmp_path / "det.jsonl") == 0
+    score = json.loads((tmp_path / "det.jsonl").read_text().splitlines()[0])["score"]
     np.testing.assert_allclose(score, reference(models, [face])[0], rtol=1e-5)
 
 
@@ -155,16 +155,16 @@ def test_eval_refuses_overlapping_splits_unless_allowed(tmp_path, capsys, tiny_b
 
 
 @pytest.mark.xfail(strict=True, reason="detect resizes every crop to the model's size itself (data/faces.py "
-                   "_resize: area/cubic) before the model's preprocessing, so a DeepfakeBench model's bicubic "
-                   "resize (or Effort's centre crop) is not what runs; media stream (inference.py)")
+                   "crop_frame -> _whole/align -> resize: area/cubic) before the model's preprocessing, so a "
+                   "DeepfakeBench model's bicubic resize (or Effort's centre crop) is not what runs; media stream")
 def test_detect_resizes_with_the_models_own_mode(tiny_base, field, tmp_path):
     d, models = field
     merged = tmp_path / "fs.safetensors"
     assert run("import", d / "train_on_fs.pth", "-o", merged, "--base", tiny_base) == 0
     big = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "face.png"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
-    assert run("detect", merged, tmp_path / "face.png", "--json", tmp_path / "det.json") == 0
-    score = json.loads((tmp_path / "det.json").read_text())[0]["score"]
+    assert run("detect", merged, tmp_path / "face.png", "--format", "json", "-o", tmp_path / "det.jsonl") == 0
+    score = json.loads((tmp_path / "det.jsonl").read_text().splitlines()[0])["score"]
     np.testing.assert_allclose(score, reference(models[:1], [big])[0], rtol=1e-5)
 
 
