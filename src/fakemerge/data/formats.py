@@ -7,7 +7,7 @@
   * a folder holding exactly one DeepfakeBench JSON (or one CSV) at its top: that file, root = the folder;
   * any other folder: ROOT/<family or real>/<split>/[<video>/]<image>.
 
-What the field's files need (see tests/test_formats.py for a fixture of each):
+What the field's files need (tests/test_field_datasets.py has a fixture of each):
   * only the requested splits are parsed strictly; a malformed other split is a warning (DeepfakeBench's
     DFDC.json has a single `{label, frames}` entry as `val`), parsed only to check split overlap;
   * a compression level is chosen, never substituted: a requested level the file lacks is an error;

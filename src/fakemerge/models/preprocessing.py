@@ -3,8 +3,8 @@
 A detector only works on inputs prepared as in its training: DeepfakeBench/DF40 CLIP detectors were trained
 with mean = std = 0.5, fakemerge's with CLIP's statistics. Train, eval, detect and serve all build inputs
 through `to_input` with the model's own `Preprocessing`, never with constants of their own. `PRESETS` names
-what each origin used (training/config/detector/clip.yaml and effort.yaml of DeepfakeBench, Effort's
-UniversalFakeDetect data pipeline); merging specialists prepared differently is refused
+what each origin used (DeepfakeBench's CLIP and Effort detector configs, the data pipeline of Effort's
+UniversalFakeDetect code); merging specialists prepared differently is refused
 (`common_preprocessing`).
 """
 

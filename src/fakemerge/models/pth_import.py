@@ -1,14 +1,14 @@
 """The field's CLIP detector checkpoints read as (backbone, two-logit head, preprocessing) — never executed.
 
 Layouts (each reproduced with real key names in tests/test_checkpoints.py):
-  * DeepfakeBench / DF40 CLIP detector (`training/detectors/clip_detector.py`): a `.pth` state dict with
+  * DeepfakeBench / DF40 CLIP detector (their `clip` detector class): a `.pth` state dict with
     `backbone.*` = HF CLIP's vision tower (`backbone.embeddings…` or `backbone.vision_model.embeddings…`) and
     `head.*` = Linear(hidden, 2), class 1 = fake, often behind DDP's `module.` or a `state_dict` wrapper.
-    Trained with mean = std = 0.5, bicubic resize to 224 (`training/config/detector/clip.yaml`).
+    Trained with mean = std = 0.5, bicubic resize to 224 (their `clip` detector config).
   * Effort in DeepfakeBench: the same, with each attention linear as `weight_main` (frozen rank-r part) +
     `U_residual` (out×k) · diag(`S_residual`) (k) · `V_residual` (k×in, rows of Vᵀ); densified to `weight`
     (a V given as in×k is transposed; a square V is read as k×in, as Effort writes it); frozen `U_r`/`S_r`/
-    `V_r` copies are dropped. Trained with CLIP's mean/std (`effort.yaml`).
+    `V_r` copies are dropped. Trained with CLIP's mean/std (the `effort` detector config).
   * Effort's GenImage / Chameleon checkpoints (UniversalFakeDetect code): `{'model': state_dict,
     'optimizer': …, 'total_steps': …}`, keys `model.vision_model.*` (Effort's residual layers, densified as
     above; + the unused text tower) and a one-logit
