@@ -57,8 +57,7 @@ class Preprocessing:
 
     def describe(self) -> str:
         how = "centre crop (tiled if smaller)" if self.resize == "center_crop" else f"{self.resize} resize"
-        return (f"{how} to {self.size}x{self.size}, mean {_short(self.mean)}, std {_short(self.std)} "
-                "(RGB in [0, 1])")
+        return f"{how} to {self.size}x{self.size}, mean {_short(self.mean)}, std {_short(self.std)}"
 
     @classmethod
     def from_dict(cls, d: Mapping, source: str) -> Preprocessing:
