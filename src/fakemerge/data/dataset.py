@@ -103,9 +103,10 @@ class ImageDataset(Dataset):
             else:
                 self.skipped.append(f"{self.root / r.path}: image file not found (skipped)")
         if records and not self.records:
-            raise InputError(f"{len(records)}/{len(records)} frames not found under {self.root.resolve()} (first: "
-                             f"{records[0].path}); pass --root DIR (the folder the frame paths are relative to) "
-                             "or --path-map OLD=NEW")
+            first = records[0].path
+            where = "" if Path(first).is_absolute() else f" under {self.root.resolve()}"
+            raise InputError(f"{len(records)}/{len(records)} frames not found{where} (first: {first}); pass --root "
+                             "DIR (the folder the frame paths are relative to) or --path-map OLD=NEW")
         self._noted: set[int] = set()
 
     def __len__(self) -> int:
