@@ -1,86 +1,160 @@
-"""Web service: POST /detect (image or video upload -> scores + optional heatmap), GET /health, GET /.
+"""The FastAPI app: `/` (the page), `/health`, `/ready`, `/v1/model`, `POST /v1/detect`, `/docs`.
 
-The model is loaded once per process; uploads go to a temp file (videos need a seekable file for PyAV)
-and through the same `detect()` as the CLI, so the service and the CLI always agree.
+A detect request is refused as early as possible — size and type from its headers before the body is
+read, a slot in the bounded pool before the upload starts, the file's type from its first bytes — then
+spooled into its own temp folder (removed when its job is over, whatever happened) and analysed on a
+worker thread. Every route is async and only the pool's threads run inference, so `/health` answers at
+once under any load. OpenAPI pages (`/docs`, `/redoc`) load their scripts from this server, never a CDN.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import os
+import shutil
 import tempfile
+import time
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile
-from fastapi.responses import HTMLResponse
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from starlette.requests import ClientDisconnect
 
-from fakemerge.data.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from fakemerge.errors import FakemergeError
-from fakemerge.inference import DetectOptions, detect
-from fakemerge.models.detector import Detector
-from fakemerge.models.loading import load_detector
+import fakemerge
+from fakemerge.serving import analysis, errors
+from fakemerge.serving.card import model_card
+from fakemerge.serving.errors import ApiError, error_response
+from fakemerge.serving.settings import ServeSettings
+from fakemerge.serving.uploads import FIELD, check_declared, receive_upload
+from fakemerge.serving.workers import ClientGone, WorkerPool
 
 STATIC = Path(__file__).with_name("static")
-MAX_UPLOAD_BYTES = 512 << 20
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": [FIELD],
+    "properties": {FIELD: {"type": "string", "format": "binary", "description": "an image or a video"}}}}}}}
 
 
-def create_app(model: str | os.PathLike | Detector, *, frames: int = 8, agg: str = "mean",
-               face: str = "none", no_face: str = "whole") -> FastAPI:
-    if isinstance(model, Detector):
-        detector, info = model, {"name": "model"}
-    else:
-        detector, meta = load_detector(model)
-        info = {"name": Path(model).name, "kind": meta.kind, "method": meta.method, "families": meta.families,
-                "base_id": meta.base_id, "version": meta.version}
-    app = FastAPI(title="fakemerge", description="Deepfake detection with a merged CLIP detector.")
+class _SecurityHeaders:
+    """Pure ASGI (the body is not wrapped): nosniff and no-referrer on every answer."""
 
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "model": info, "image_size": detector.config.image_size,
-                "defaults": {"frames": frames, "agg": agg, "face": face, "no_face": no_face}}
+    def __init__(self, app):
+        self.app = app
 
-    @app.get("/", response_class=HTMLResponse)
-    def index() -> str:
-        return (STATIC / "index.html").read_text()
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
 
-    @app.post("/detect")
-    def detect_upload(file: UploadFile = File(...), heatmap: bool = Query(False),
-                      n_frames: int = Query(frames, alias="frames", ge=1, le=256),
-                      aggregation: str = Query(agg, alias="agg")) -> dict:
-        name = Path(file.filename or "upload").name
-        suffix = Path(name).suffix.lower()
-        if suffix not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
-            kinds = f"an image ({', '.join(IMAGE_SUFFIXES)}) or a video ({', '.join(VIDEO_SUFFIXES)})"
-            raise HTTPException(415, f"{name}: unsupported file type {suffix or '(none)'}; send {kinds}")
-        with tempfile.TemporaryDirectory(prefix="fakemerge-") as tmp:
-            path = Path(tmp) / f"upload{suffix}"
-            size = _save_upload(file, path)
-            if size == 0:
-                raise HTTPException(400, f"{name}: empty upload")
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff"),
+                                      (b"referrer-policy", b"no-referrer")]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(model: str | os.PathLike, settings: ServeSettings | None = None) -> FastAPI:
+    """The service for the model file at `model`; the model is loaded now, warmed up at startup."""
+    settings = settings or ServeSettings()
+    path = Path(model)
+    detector, meta = analysis.load_model(path)
+    card = model_card(path, meta, detector, settings)
+    pool = WorkerPool(settings.workers, settings.queue)
+    status = {"ready": False, "started": time.monotonic()}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await asyncio.to_thread(analysis.warm_up, detector)
+        status["ready"] = True
+        yield
+        pool.drain()
+        await asyncio.to_thread(pool.close)
+
+    docs = "/docs" if settings.docs else None
+    app = FastAPIOffline(docs_url=docs, redoc_url="/redoc" if settings.docs else None, lifespan=lifespan,
+                         title="fakemerge", version=fakemerge.__version__,
+                         description="Deepfake detection with a merged CLIP detector. Errors are "
+                                     '`{"error": {"code", "message"}}`.')
+    app.state.pool = pool
+    errors.install(app)
+    app.add_middleware(_SecurityHeaders)
+    app.mount("/assets", StaticFiles(directory=STATIC), name="assets")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY,
+                                                             "X-Frame-Options": "DENY"})
+
+    @app.get("/health", summary="Liveness: answered on the event loop, never queued behind inference")
+    async def health() -> dict:
+        return {"status": "ok", "uptime_s": round(time.monotonic() - status["started"], 1)}
+
+    @app.get("/ready", summary="Readiness: the model is warm and the server is not shutting down")
+    async def ready() -> JSONResponse:
+        stats = pool.stats()
+        if not status["ready"] or stats["draining"]:
+            why = "shutting down" if stats["draining"] else "warming up the model"
+            return error_response(503, "not_ready", f"not ready: {why}", {"Retry-After": "5"})
+        return JSONResponse({"ready": True, **stats})
+
+    @app.get("/v1/model", summary="The model card: base, families, recipe, preprocessing, threshold")
+    async def model_info() -> dict:
+        return card
+
+    @app.post("/v1/detect", openapi_extra=UPLOAD_SCHEMA,
+              summary="Score an uploaded image or video (multipart field 'file')",
+              responses={s: {"description": d} for s, d in {
+                  400: "bad request or parameter", 408: "upload too slow", 413: "upload or image too large",
+                  415: "not an image or video (judged from the bytes)", 422: "unreadable or unusable media",
+                  429: "all slots taken (Retry-After)", 503: "time limit passed or shutting down"}.items()})
+    async def detect_upload(
+        request: Request,
+        frames: int = Query(settings.frames, ge=1, le=settings.max_frames, description="frames sampled per video"),
+        agg: Literal["mean", "max", "topk"] = Query(settings.agg, description="frame -> video aggregation"),
+        heatmap: bool = Query(False, description="add a Grad-CAM overlay PNG (base64)"),
+    ) -> Response:
+        t0 = time.monotonic()
+        boundary = check_declared(request, settings.max_upload_bytes)
+        slot = pool.admit()
+        folder = Path(tempfile.mkdtemp(prefix="fakemerge-serve-", dir=settings.tmp_dir))
+        submitted = False
+        try:
             try:
-                options = DetectOptions(frames=n_frames, agg=aggregation, face=face, no_face=no_face,
-                                        heatmap_dir=Path(tmp) / "maps" if heatmap else None, workers=0)
-                (result,) = detect(detector, [path], options)
-            except FakemergeError as e:
-                raise HTTPException(400, str(e).replace(str(path), name)) from None
-            if result.error:
-                raise HTTPException(422, result.error.replace(str(path), name))
-            body = {**result.to_dict(), "input": name, "model": info["name"]}
-            body["notes"] = [n.replace(str(path), name) for n in result.notes]
-            body["heatmap"] = None  # the file lived in the request's temp folder; the PNG itself follows
-            body["heatmap_png_base64"] = (base64.b64encode(Path(result.heatmap).read_bytes()).decode()
-                                          if result.heatmap else None)
-            return body
+                upload = await asyncio.wait_for(
+                    receive_upload(request, boundary, folder, settings.max_upload_bytes, analysis.sniff),
+                    settings.timeout_s)
+            except asyncio.TimeoutError:
+                raise ApiError(408, "upload_timeout",
+                               f"the upload did not finish within {settings.timeout_s:g} s") from None
+            received = time.monotonic()
+            job = partial(analysis.analyse, detector, upload, analysis.Options(frames, agg, heatmap), settings)
+            future = pool.submit(slot, job, partial(shutil.rmtree, folder, ignore_errors=True))
+            submitted = True
+            gone = asyncio.ensure_future(_disconnected(request))
+            try:
+                body = await pool.result(future, settings.timeout_s - (received - t0), gone)
+            finally:
+                gone.cancel()
+        except (ClientDisconnect, ClientGone):
+            return Response(status_code=499)  # nobody is listening; the status only reaches the access log
+        finally:
+            if not submitted:
+                shutil.rmtree(folder, ignore_errors=True)
+                slot.release()
+        timing = f"upload;dur={1e3 * (received - t0):.1f}, total;dur={1e3 * (time.monotonic() - t0):.1f}"
+        return JSONResponse(body, headers={"Server-Timing": timing})
 
     return app
 
 
-def _save_upload(file: UploadFile, path: Path) -> int:
-    size = 0
-    with open(path, "wb") as f:
-        while chunk := file.file.read(1 << 20):
-            size += len(chunk)
-            if size > MAX_UPLOAD_BYTES:
-                raise HTTPException(413, f"upload larger than {MAX_UPLOAD_BYTES >> 20} MiB")
-            f.write(chunk)
-    return size
+async def _disconnected(request: Request) -> None:
+    """Completes when the client hangs up (the body has been read, so the next ASGI message is that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
