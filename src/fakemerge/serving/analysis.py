@@ -11,7 +11,6 @@ magic bytes itself and `dimensions` reads headers with Pillow / PyAV. Both are t
 from __future__ import annotations
 
 import base64
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from fakemerge.serving.uploads import Upload
 FORMATS = {"png": ("image", ".png"), "jpeg": ("image", ".jpg"), "bmp": ("image", ".bmp"),
            "webp": ("image", ".webp"), "tiff": ("image", ".tif"), "mp4": ("video", ".mp4"),
            "matroska": ("video", ".mkv"), "avi": ("video", ".avi"), "mpeg": ("video", ".mpg")}
-warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the server applies its own pixel limit
 
 
 def sniff(head: bytes) -> str | None:
@@ -54,20 +52,21 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def dimensions(path: Path, kind: str) -> tuple[int, int] | None:
+def dimensions(path: Path, fmt: str) -> tuple[int, int] | None:
     """INTERIM: (width, height) from the headers, before any decoding; None when the headers are unreadable
-    (detect() then reports the file as unreadable)."""
+    (detect() then reports the file as unreadable). Images: the format's Pillow plugin reads the header
+    (Image.open would refuse sizes past its own bomb limit without telling them)."""
     try:
-        if kind == "image":
-            with Image.open(path) as image:
-                return image.size
+        if FORMATS[fmt][0] == "image":
+            Image.init()
+            factory, _ = Image.OPEN[fmt.upper()]
+            with open(path, "rb") as f:
+                return factory(f, "").size
         with av.open(str(path)) as container:
             if not container.streams.video:
                 return None
             codec = container.streams.video[0].codec_context
             return codec.width, codec.height
-    except Image.DecompressionBombError:
-        return (1 << 31, 1)  # beyond Pillow's own bound: certainly beyond ours
     except Exception:  # an unreadable header is detect()'s to report, with its own message
         return None
 
@@ -98,7 +97,7 @@ def analyse(detector: Detector, upload: Upload, options: Options, settings: Serv
     kind, suffix = FORMATS[upload.format]
     path = upload.path.with_name("upload" + suffix)
     upload.path.rename(path)
-    size = dimensions(path, kind)
+    size = dimensions(path, upload.format)
     if size is not None and size[0] * size[1] > settings.max_pixels:
         what = "image" if kind == "image" else "video frame"
         raise ApiError(413, "too_many_pixels", f"{upload.name}: {what} of {size[0]}×{size[1]} pixels is above "

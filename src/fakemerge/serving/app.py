@@ -82,7 +82,7 @@ def create_app(model: str | os.PathLike, settings: ServeSettings | None = None) 
                          title="fakemerge", version=fakemerge.__version__,
                          description="Deepfake detection with a merged CLIP detector. Errors are "
                                      '`{"error": {"code", "message"}}`.')
-    app.state.pool = pool
+    app.state.pool, app.state.detector = pool, detector
     errors.install(app)
     app.add_middleware(_SecurityHeaders)
     app.mount("/assets", StaticFiles(directory=STATIC), name="assets")
