@@ -10,7 +10,7 @@ TRANSFORMERS4 := $(VENV)/transformers4
 TRANSFORMERS4_SPEC := transformers==4.57.6 huggingface_hub==0.36.2 tokenizers==0.22.2 requests==2.34.2 \
 	urllib3==2.8.0 charset_normalizer==3.5.3
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench browser
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev,faces]"
 	touch $@
+
+# Debian's Chromium for the browser test (Playwright drives it; its own browser download is not used).
+# Without root or apt the browser test is skipped, saying why.
+browser:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium could not be installed: tests/test_serving_browser.py will be skipped"
 
 demo: setup
 	$(BIN)/fakemerge demo --out runs/demo
