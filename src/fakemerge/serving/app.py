@@ -30,7 +30,7 @@ from fakemerge.serving import analysis, errors
 from fakemerge.serving.card import model_card
 from fakemerge.serving.errors import ApiError, error_response
 from fakemerge.serving.settings import ServeSettings
-from fakemerge.serving.uploads import FIELD, check_declared, receive_upload
+from fakemerge.serving.uploads import FIELD, Body, check_declared, receive_upload
 from fakemerge.serving.workers import ClientGone, WorkerPool
 
 STATIC = Path(__file__).with_name("static")
@@ -121,18 +121,24 @@ def create_app(model: str | os.PathLike, settings: ServeSettings | None = None) 
         heatmap: bool = Query(False, description="add a Grad-CAM overlay PNG (base64)"),
     ) -> Response:
         t0 = time.monotonic()
-        boundary = check_declared(request, settings.max_upload_bytes)
-        slot = pool.admit()
+        body = Body(request)
+        try:
+            boundary = check_declared(request, settings.max_upload_bytes)
+            slot = pool.admit()
+        except ApiError as e:
+            raise await _refusal(e, body) from None
         folder = Path(tempfile.mkdtemp(prefix="fakemerge-serve-", dir=settings.tmp_dir))
         submitted = False
         try:
             try:
                 upload = await asyncio.wait_for(
-                    receive_upload(request, boundary, folder, settings.max_upload_bytes, analysis.sniff),
+                    receive_upload(body, boundary, folder, settings.max_upload_bytes, analysis.sniff),
                     settings.timeout_s)
             except asyncio.TimeoutError:
                 raise ApiError(408, "upload_timeout",
-                               f"the upload did not finish within {settings.timeout_s:g} s") from None
+                               f"the upload did not finish within {settings.timeout_s:g} s").closing() from None
+            except ApiError as e:
+                raise await _refusal(e, body) from None
             received = time.monotonic()
             job = partial(analysis.analyse, detector, upload, analysis.Options(frames, agg, heatmap), settings)
             future = pool.submit(slot, job, partial(shutil.rmtree, folder, ignore_errors=True))
@@ -152,6 +158,12 @@ def create_app(model: str | os.PathLike, settings: ServeSettings | None = None) 
         return JSONResponse(body, headers={"Server-Timing": timing})
 
     return app
+
+
+async def _refusal(error: ApiError, body: Body) -> ApiError:
+    """An answer given before the whole body was read: deliverable on this connection if the rest of the
+    body is small enough to drop, else it closes the connection."""
+    return error if body.ended or await body.discard() else error.closing()
 
 
 async def _disconnected(request: Request) -> None:

@@ -27,6 +27,12 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
+    def closing(self) -> ApiError:
+        """The same answer, closing the connection: sent before the body was read, it spares the server
+        from reading (and discarding) the rest of the body just to keep the connection alive."""
+        self.headers["Connection"] = "close"
+        return self
+
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)

@@ -9,6 +9,8 @@ shown, as plain text, after `display_name` has made it harmless.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import unicodedata
 from collections.abc import Callable
@@ -17,13 +19,14 @@ from pathlib import Path
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from fakemerge.serving.errors import ApiError
 
 FIELD = "file"
 HEAD = 4096  # bytes handed to the sniffer (or the whole file when smaller)
 OVERHEAD = 64 << 10  # multipart boundaries and part headers allowed beyond the file's own size
+DISCARD_BYTES, DISCARD_S = 1 << 20, 2.0  # read and dropped at most, so that an early answer is delivered
 
 
 @dataclass
@@ -141,16 +144,50 @@ class _Receiver:
             self.fd = None
 
 
-async def receive_upload(request: Request, boundary: str, folder: Path, limit: int,
+class Body:
+    """The request body as it arrives (ASGI messages), remembering how much was read and whether it ended."""
+
+    def __init__(self, request: Request):
+        self._receive, self.declared = request.receive, request.headers.get("content-length", "")
+        self.ended, self.read = False, 0
+
+    async def chunks(self):
+        while not self.ended:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            self.ended = not message.get("more_body", False)
+            chunk = message.get("body", b"")
+            self.read += len(chunk)
+            if chunk:
+                yield chunk
+
+    async def discard(self) -> bool:
+        """Read and drop the rest of the body, if it is small (≤ DISCARD_BYTES, DISCARD_S), so that an answer
+        sent before the body was read reaches a client that is still sending; True when the body ended.
+        Otherwise the answer must close the connection (and a client still sending may see a reset)."""
+        if self.declared.isdigit() and int(self.declared) - self.read > DISCARD_BYTES:
+            return False
+
+        async def drop() -> None:
+            start = self.read
+            async for _ in self.chunks():
+                if self.read - start > DISCARD_BYTES:
+                    return
+
+        with contextlib.suppress(asyncio.TimeoutError, ClientDisconnect):
+            await asyncio.wait_for(drop(), DISCARD_S)
+        return self.ended
+
+
+async def receive_upload(body: Body, boundary: str, folder: Path, limit: int,
                          sniff: Callable[[bytes], str | None]) -> Upload:
     """Stream the body into `folder/upload`; raises ApiError (400/413/415) as soon as the bytes say so."""
     receiver = _Receiver(folder / "upload", limit, sniff)
     try:
         parser = MultipartParser(boundary, receiver.callbacks())
-        body = 0
-        async for chunk in request.stream():
-            body += len(chunk)
-            if body > limit + OVERHEAD:
+        async for chunk in body.chunks():
+            if body.read > limit + OVERHEAD:
                 raise too_large(limit)
             parser.write(chunk)
         parser.finalize()
