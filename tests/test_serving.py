@@ -69,6 +69,21 @@ def test_health_ready_page_assets_and_local_docs(service):
     assert body["properties"]["file"]["format"] == "binary"
 
 
+def test_not_ready_before_the_model_is_warm_and_500_says_nothing_inside(files, monkeypatch):
+    app = create_app(files[1])
+    cold = TestClient(app)  # no `with`: startup (the warm-up) has not run
+    assert error(cold.get("/ready"), 503, "not_ready") == "not ready: warming up the model"
+    assert cold.get("/health").status_code == 200
+
+    def crash(*args):
+        raise RuntimeError("/srv/secret/path exploded")
+
+    monkeypatch.setattr(analysis, "analyse", crash)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        message = error(post(client, "a.jpg", PHOTO.read_bytes()), 500, "internal")
+    assert "secret" not in message and "RuntimeError" not in message
+
+
 def test_page_never_inserts_server_text_as_html():
     from fakemerge.serving.app import STATIC
 

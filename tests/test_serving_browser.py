@@ -109,6 +109,23 @@ def test_photo_verdict_score_and_heatmap_as_the_api_says(page, site):
     assert page.errors == []
 
 
+def test_a_dropped_file_is_analysed(page):
+    import base64
+
+    data = base64.b64encode(PHOTO.read_bytes()).decode()
+    transfer = page.evaluate_handle("""b64 => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const t = new DataTransfer();
+        t.items.add(new File([bytes], "dropped.jpg", {type: "image/jpeg"}));
+        return t;
+    }""", data)
+    page.dispatch_event("#drop", "dragover", {"dataTransfer": transfer})
+    assert "over" in page.locator("#drop").get_attribute("class")
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    wait_result(page, "dropped.jpg")
+    assert page.locator("#verdict").text_content().startswith(("FAKE", "REAL"))
+
+
 def test_video_shows_a_per_frame_plot(page, site):
     _, video, tmp = site
     upload(page, video)

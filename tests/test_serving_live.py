@@ -110,6 +110,21 @@ def test_streamed_upload_is_cut_at_the_limit(model, spool, monkeypatch):
     assert 0 < sum(written) <= 1 << 20
 
 
+def test_stalled_upload_gets_408_and_frees_its_slot(model, spool):
+    app = create_app(model, build_settings(tmp_dir=spool, timeout_s=1))
+    with live_server(app) as (url, server):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                      b"Content-Length: 100000\r\n\r\n--x\r\nContent-Disposition: form-data; name=\"file\"; "
+                      b"filename=\"slow.jpg\"\r\n\r\n" + PHOTO.read_bytes()[:1000])  # ...and then nothing
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408") and b"upload_timeout" in answer
+        assert app.state.pool.stats()["admitted"] == 0
+
+
 def test_full_queue_gets_429_and_health_is_not_queued(model, spool, gate):
     app = create_app(model, build_settings(tmp_dir=spool, workers=1, queue=1))
     with live_server(app) as (url, server), ThreadPoolExecutor(2) as clients:
