@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from serving_fixtures import PHOTO, huge_png, photo_video, save_model
 
-from fakemerge.inference import detect
+from fakemerge.inference import DetectOptions, detect
 from fakemerge.models.backbone import tiny_config
 from fakemerge.models.detector import ModelMeta
 from fakemerge.serving import analysis, build_settings, create_app, uploads
@@ -123,7 +123,7 @@ def test_video_result_frames_aggregation_and_names_from_bytes(service, files):
     assert body["kind"] == "video" and body["frames"] == 5 and body["heatmap_png_base64"] is None
     assert body["score"] == pytest.approx(max(body["frame_scores"]))
     assert body["frame_indices"] == [0, 3, 6, 8, 11]
-    (expected,) = detect(client.app.state.detector, [files[2]], frames=5, agg="max")
+    (expected,) = detect(client.app.state.detector, [files[2]], DetectOptions(frames=5, agg="max"))
     assert body["frame_scores"] == pytest.approx(expected.frame_scores, abs=1e-6)
     # the type comes from the bytes: a video named .png is a video, a JPEG named .mp4 an image
     assert post(client, "pan.png", data, {"frames": 2}).json()["kind"] == "video"
@@ -148,6 +148,16 @@ def test_huge_dimensions_are_refused_without_decoding(service, monkeypatch):
     assert len(data) < 1000
     message = error(post(client, "bomb.png", data), 413, "too_many_pixels")
     assert "60000×60000" in message and "40,000,000" in message
+
+
+def test_the_media_layers_pixel_limit_applies(files, tmp_path):
+    """Over the limit a JPEG is decoded reduced (with a note), as `detect` does; other images are refused."""
+    png = cv2.imencode(".png", cv2.imread(str(PHOTO)))[1].tobytes()
+    with TestClient(create_app(files[1], build_settings(max_pixels=100_000))) as client:
+        r = post(client, "hopper.jpg", PHOTO.read_bytes())
+        assert r.status_code == 200, r.text
+        assert any(n.startswith("hopper.jpg: ") and "1/2 scale" in n for n in r.json()["notes"]), r.json()["notes"]
+        assert "512×600 PNG image is over" in error(post(client, "hopper.png", png), 413, "too_many_pixels")
 
 
 def test_corrupt_and_truncated_media_are_422(service, files):

@@ -132,7 +132,8 @@ def create_app(model: str | os.PathLike, settings: ServeSettings | None = None) 
         try:
             try:
                 upload = await asyncio.wait_for(
-                    receive_upload(body, boundary, folder, settings.max_upload_bytes, analysis.sniff),
+                    receive_upload(body, boundary, folder, settings.max_upload_bytes, analysis.identify,
+                                   analysis.HEAD_BYTES),
                     settings.timeout_s)
             except asyncio.TimeoutError:
                 raise ApiError(408, "upload_timeout",

@@ -24,7 +24,6 @@ from starlette.requests import ClientDisconnect, Request
 from fakemerge.serving.errors import ApiError
 
 FIELD = "file"
-HEAD = 4096  # bytes handed to the sniffer (or the whole file when smaller)
 OVERHEAD = 64 << 10  # multipart boundaries and part headers allowed beyond the file's own size
 DISCARD_BYTES, DISCARD_S = 1 << 20, 2.0  # read and dropped at most, so that an early answer is delivered
 
@@ -68,8 +67,8 @@ def check_declared(request: Request, limit: int) -> str:
 class _Receiver:
     """MultipartParser callbacks: writes the `file` part to `path`, refuses anything else."""
 
-    def __init__(self, path: Path, limit: int, sniff: Callable[[bytes], str | None]):
-        self.path, self.limit, self.sniff = path, limit, sniff
+    def __init__(self, path: Path, limit: int, identify: Callable[[bytes, str], str], head: int):
+        self.path, self.limit, self.identify, self.head_bytes = path, limit, identify, head
         self.headers: dict[bytes, bytes] = {}
         self.field = self.value = b""
         self.name: str | None = None
@@ -119,10 +118,10 @@ class _Receiver:
         self.size += len(chunk)
         if self.size > self.limit:
             raise too_large(self.limit)
-        if self.format is None and len(self.head) < HEAD:
-            self.head += chunk[:HEAD - len(self.head)]
-            if len(self.head) >= HEAD:
-                self._sniff()
+        if self.format is None:
+            self.head += chunk[:self.head_bytes - len(self.head)]
+            if len(self.head) >= self.head_bytes:
+                self.format = self.identify(self.head, self.name)
         os.write(self.fd, chunk)
 
     def part_end(self) -> None:
@@ -130,13 +129,7 @@ class _Receiver:
             self.writing = False
             self.close()
             if self.size and self.format is None:
-                self._sniff()
-
-    def _sniff(self) -> None:
-        self.format = self.sniff(self.head)
-        if self.format is None:
-            raise ApiError(415, "unsupported_media_type",
-                           f"{self.name}: not an image or video this server reads (judged from its bytes)")
+                self.format = self.identify(self.head, self.name)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -181,9 +174,10 @@ class Body:
 
 
 async def receive_upload(body: Body, boundary: str, folder: Path, limit: int,
-                         sniff: Callable[[bytes], str | None]) -> Upload:
-    """Stream the body into `folder/upload`; raises ApiError (400/413/415) as soon as the bytes say so."""
-    receiver = _Receiver(folder / "upload", limit, sniff)
+                         identify: Callable[[bytes, str], str], head: int) -> Upload:
+    """Stream the body into `folder/upload`; raises ApiError (400/413/415) as soon as the bytes say so.
+    `identify(first head bytes, display name)` names the format or raises ApiError 415."""
+    receiver = _Receiver(folder / "upload", limit, identify, head)
     try:
         parser = MultipartParser(boundary, receiver.callbacks())
         async for chunk in body.chunks():
