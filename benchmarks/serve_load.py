@@ -108,7 +108,7 @@ def probe_health(url: str, stop, out, period: float) -> None:
 
 
 async def run_clients(url: str, inputs: dict, clients: int, requests: int, deadline: float) -> dict:
-    results: list[tuple[str, int, float]] = []  # kind, status, seconds
+    results: list[tuple[str, int | str, float, float | None]] = []  # kind, status, seconds, server seconds
 
     async def client(number: int, http: httpx.AsyncClient) -> None:
         for i in range(requests):
@@ -117,12 +117,16 @@ async def run_clients(url: str, inputs: dict, clients: int, requests: int, deadl
             kind = MIX[(number * requests + i) % len(MIX)]
             name, data, query = inputs[kind]
             t0 = time.perf_counter()
+            served = None
             try:
                 r = await http.post("/v1/detect", params=query, files={"file": (name, data)})
                 status = r.status_code
+                timing = r.headers.get("server-timing", "")
+                if "total;dur=" in timing:
+                    served = float(timing.split("total;dur=")[1].split(",")[0]) / 1e3
             except httpx.HTTPError as e:
                 status, r = f"{type(e).__name__}", None
-            results.append((kind, status, time.perf_counter() - t0))
+            results.append((kind, status, time.perf_counter() - t0, served))
             if status == 429:
                 await asyncio.sleep(min(1.0, float(r.headers.get("retry-after", 1))))
 
@@ -248,16 +252,17 @@ def report(rows, args, rss_ready: int, hwm: int, code: int, leaked_end: int) -> 
           f"client (1-client baseline: {2 * args.requests}), mix of {len(MIX)} kinds; {os.cpu_count()} CPUs, "
           f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     head = (f"{'clients':>7} {'sent':>5} {'wall s':>7} {'req/s':>6} {'ok/s':>6} {'p50 ms':>7} {'p95 ms':>7} "
-            f"{'p99 ms':>7} {'429 p95':>8} | {'200':>4} {'413':>4} {'415':>4} {'422':>4} {'429':>4} {'5xx':>4} "
-            f"{'other':>5} | {'health p50':>10} {'p95':>6} {'max':>6} | {'RSS MB':>7} {'tmp':>4}")
+            f"{'p99 ms':>7} {'srv p95':>7} {'429 p95':>8} | {'200':>4} {'413':>4} {'415':>4} {'422':>4} {'429':>4} "
+            f"{'5xx':>4} {'other':>5} | {'health p50':>10} {'p95':>6} {'max':>6} | {'RSS MB':>7} {'tmp':>4}")
     print(head)
     base_ok = None
     summary = []
     for clients, run, health, rss_peak, leaked in rows:
         results = run["results"]
-        statuses = Counter(s for _, s, _ in results)
-        ok = [t for _, s, t in results if s == 200]
-        busy = [t for _, s, t in results if s == 429]
+        statuses = Counter(s for _, s, _, _ in results)
+        ok = [t for _, s, t, _ in results if s == 200]
+        served = [t for _, s, _, t in results if s == 200 and t is not None]
+        busy = [t for _, s, t, _ in results if s == 429]
         fivexx = sum(n for s, n in statuses.items() if isinstance(s, int) and s >= 500)
         other = sum(n for s, n in statuses.items() if s not in (200, 413, 415, 422, 429) and not (
             isinstance(s, int) and s >= 500))
@@ -266,12 +271,18 @@ def report(rows, args, rss_ready: int, hwm: int, code: int, leaked_end: int) -> 
         hp = [1e3 * h for h in health]
         print(f"{clients:>7} {len(results):>5} {run['wall']:>7.1f} {len(results) / run['wall']:>6.1f} {ok_rate:>6.1f} "
               f"{1e3 * percentile(ok, 50):>7.0f} {1e3 * percentile(ok, 95):>7.0f} {1e3 * percentile(ok, 99):>7.0f} "
+              f"{1e3 * percentile(served, 95):>7.0f} "
               f"{1e3 * percentile(busy, 95):>8.1f} | {statuses[200]:>4} {statuses[413]:>4} {statuses[415]:>4} "
               f"{statuses[422]:>4} {statuses[429]:>4} {fivexx:>4} {other:>5} | {percentile(hp, 50):>10.1f} "
               f"{percentile(hp, 95):>6.1f} {max(hp):>6.1f} | {rss_peak / mb:>7.0f} {leaked:>4}"
               + ("  (cut by deadline)" if run["cut"] else ""))
         summary.append((clients, ok_rate / base_ok, percentile(hp, 95) / 1e3 / HEALTH_TARGET_S, rss_peak / rss_ready,
                         fivexx, leaked))
+    for clients, run, *_ in rows:
+        odd = Counter((kind, s) for kind, s, _, _ in run["results"] if not isinstance(s, int) or s not in
+                      (200, 413, 415, 422, 429))
+        if odd:
+            print(f"  {clients} clients, other outcomes: " + ", ".join(f"{n} x {s} ({k})" for (k, s), n in odd.items()))
     print(f"\nratios (same session): RSS after warm-up {rss_ready / mb:.0f} MB, peak (VmHWM) {hwm / mb:.0f} MB; "
           f"server exit after SIGTERM: {code} "
           f"({'graceful' if code in (0, -signal.SIGTERM) else 'NOT graceful'}); temp files at the end: {leaked_end}")

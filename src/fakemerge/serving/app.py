@@ -30,7 +30,7 @@ from fakemerge.serving import analysis, errors
 from fakemerge.serving.card import model_card
 from fakemerge.serving.errors import ApiError, error_response
 from fakemerge.serving.settings import ServeSettings
-from fakemerge.serving.uploads import FIELD, Body, check_declared, receive_upload
+from fakemerge.serving.uploads import FIELD, OVERHEAD, Body, check_declared, receive_upload
 from fakemerge.serving.workers import ClientGone, WorkerPool
 
 STATIC = Path(__file__).with_name("static")
@@ -108,6 +108,12 @@ def create_app(model: str | os.PathLike, settings: ServeSettings | None = None) 
     async def model_info() -> dict:
         return card
 
+    async def refusal(error: ApiError, body: Body) -> ApiError:
+        """An answer given before the whole body was read: kept on this connection when the rest of the body
+        could be dropped, else it closes the connection (a 3 GiB body is never read to keep it alive)."""
+        done = body.ended or await body.discard(settings.max_upload_bytes + OVERHEAD)
+        return error if done else error.closing()
+
     @app.post("/v1/detect", openapi_extra=UPLOAD_SCHEMA,
               summary="Score an uploaded image or video (multipart field 'file')",
               responses={s: {"description": d} for s, d in {
@@ -126,9 +132,14 @@ def create_app(model: str | os.PathLike, settings: ServeSettings | None = None) 
             boundary = check_declared(request, settings.max_upload_bytes)
             slot = pool.admit()
         except ApiError as e:
-            raise await _refusal(e, body) from None
+            raise await refusal(e, body) from None
         folder = Path(tempfile.mkdtemp(prefix="fakemerge-serve-", dir=settings.tmp_dir))
         submitted = False
+
+        def abandon() -> None:  # idempotent: the upload will not be analysed
+            shutil.rmtree(folder, ignore_errors=True)
+            slot.release()
+
         try:
             try:
                 upload = await asyncio.wait_for(
@@ -136,35 +147,30 @@ def create_app(model: str | os.PathLike, settings: ServeSettings | None = None) 
                                    analysis.HEAD_BYTES),
                     settings.timeout_s)
             except asyncio.TimeoutError:
+                abandon()
                 raise ApiError(408, "upload_timeout",
                                f"the upload did not finish within {settings.timeout_s:g} s").closing() from None
             except ApiError as e:
-                raise await _refusal(e, body) from None
+                abandon()  # before dropping the rest of the body: the slot is free for the next request
+                raise await refusal(e, body) from None
             received = time.monotonic()
             job = partial(analysis.analyse, detector, upload, analysis.Options(frames, agg, heatmap), settings)
             future = pool.submit(slot, job, partial(shutil.rmtree, folder, ignore_errors=True))
             submitted = True
             gone = asyncio.ensure_future(_disconnected(request))
             try:
-                body = await pool.result(future, settings.timeout_s - (received - t0), gone)
+                result = await pool.result(future, settings.timeout_s - (received - t0), gone)
             finally:
                 gone.cancel()
         except (ClientDisconnect, ClientGone):
             return Response(status_code=499)  # nobody is listening; the status only reaches the access log
         finally:
             if not submitted:
-                shutil.rmtree(folder, ignore_errors=True)
-                slot.release()
+                abandon()
         timing = f"upload;dur={1e3 * (received - t0):.1f}, total;dur={1e3 * (time.monotonic() - t0):.1f}"
-        return JSONResponse(body, headers={"Server-Timing": timing})
+        return JSONResponse(result, headers={"Server-Timing": timing})
 
     return app
-
-
-async def _refusal(error: ApiError, body: Body) -> ApiError:
-    """An answer given before the whole body was read: deliverable on this connection if the rest of the
-    body is small enough to drop, else it closes the connection."""
-    return error if body.ended or await body.discard() else error.closing()
 
 
 async def _disconnected(request: Request) -> None:

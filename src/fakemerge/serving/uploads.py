@@ -25,7 +25,7 @@ from fakemerge.serving.errors import ApiError
 
 FIELD = "file"
 OVERHEAD = 64 << 10  # multipart boundaries and part headers allowed beyond the file's own size
-DISCARD_BYTES, DISCARD_S = 1 << 20, 2.0  # read and dropped at most, so that an early answer is delivered
+DISCARD_S = 5.0  # at most this long reading (and dropping) a refused body, so that the answer is delivered
 
 
 @dataclass
@@ -155,17 +155,18 @@ class Body:
             if chunk:
                 yield chunk
 
-    async def discard(self) -> bool:
-        """Read and drop the rest of the body, if it is small (≤ DISCARD_BYTES, DISCARD_S), so that an answer
-        sent before the body was read reaches a client that is still sending; True when the body ended.
-        Otherwise the answer must close the connection (and a client still sending may see a reset)."""
-        if self.declared.isdigit() and int(self.declared) - self.read > DISCARD_BYTES:
+    async def discard(self, limit: int) -> bool:
+        """Read and drop the rest of the body if it is at most `limit` bytes (what an accepted upload may
+        cost anyway) and arrives within DISCARD_S, so that an answer sent before the body was read reaches
+        a client that is still sending (closing with unread data makes TCP reset the connection, and the
+        client may lose the answer); True when the body ended. Otherwise the answer closes the connection."""
+        if self.declared.isdigit() and int(self.declared) - self.read > limit:
             return False
 
         async def drop() -> None:
             start = self.read
             async for _ in self.chunks():
-                if self.read - start > DISCARD_BYTES:
+                if self.read - start > limit:
                     return
 
         with contextlib.suppress(asyncio.TimeoutError, ClientDisconnect):
