@@ -156,8 +156,8 @@ class Body:
                 yield chunk
 
     async def discard(self, limit: int) -> bool:
-        """Read and drop the rest of the body if it is at most `limit` bytes (what an accepted upload may
-        cost anyway) and arrives within DISCARD_S, so that an answer sent before the body was read reaches
+        """Read and drop the rest of the body if it is at most `limit` bytes and arrives within DISCARD_S
+        (nothing is stored), so that an answer sent before the body was read reaches
         a client that is still sending (closing with unread data makes TCP reset the connection, and the
         client may lose the answer); True when the body ended. Otherwise the answer closes the connection."""
         if self.declared.isdigit() and int(self.declared) - self.read > limit:
