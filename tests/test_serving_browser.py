@@ -171,6 +171,11 @@ def test_error_busy_unreachable_and_timeout_states(page, site):
     upload(page, PHOTO)
     page.locator("#status.error").filter(has_text="cannot reach the server").wait_for()
 
+    page.evaluate("() => { card.limits.max_upload_bytes = 1000; }")  # refused before sending, with sizes
+    upload(page, PHOTO)
+    page.locator("#status.error").filter(has_text="too_large").filter(has_text="at most 0.0 MiB").wait_for()
+    page.evaluate("() => { card.limits.max_upload_bytes = 1 << 30; }")
+
     # a server that never answers: the page gives up after the card's time limit (shortened here) + 3 s
     page.unroute("**/v1/detect*")
     page.evaluate("() => { card.limits.timeout_s = 0.5; }")

@@ -68,6 +68,12 @@ function errorText(xhr) {
 function analyse(file) {
   if (!file) return;
   $("result").hidden = true;
+  const mb = (n) => (n / 1048576).toFixed(1);
+  if (card && file.size > card.limits.max_upload_bytes) {  // the server would refuse it (413) anyway
+    setStatus(`Error (too_large): ${file.name} is ${mb(file.size)} MiB; this server accepts at most ` +
+              `${mb(card.limits.max_upload_bytes)} MiB`, true);
+    return;
+  }
   const query = new URLSearchParams({heatmap: $("heatmap").checked, frames: $("frames").value,
                                      agg: $("agg").value});
   const form = new FormData();
