@@ -100,7 +100,8 @@ def test_photo_verdict_score_and_heatmap_as_the_api_says(page, site):
                      files={"file": ("grace_hopper.jpg", PHOTO.read_bytes())}, timeout=30).json()
     verdict = page.locator("#verdict").text_content()
     assert verdict == f"{api['verdict'].upper()} — P(fake) = {100 * api['score']:.1f} %"
-    assert "image, 1 frame(s) scored" in page.locator("#summary").text_content()
+    summary = page.locator("#summary").text_content()
+    assert "image, 1 frame(s) scored" in summary and summary.endswith("verdict threshold 0.50 (uncalibrated)")
     heat = page.locator("#heatmap-img")
     heat.wait_for()
     size = heat.evaluate("img => [img.complete, img.naturalWidth, img.naturalHeight, img.clientWidth]")

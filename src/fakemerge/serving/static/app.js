@@ -116,7 +116,8 @@ function showResult(r) {
   let summary = `${r.kind}, ${r.frames} frame(s) scored`;
   if (r.kind === "video") summary += ` (${$("agg").value} of the frame scores)`;
   summary += `; crop: ${faces}; verdict threshold ${t.toFixed(2)}`;
-  if (card && !card.calibrated && typeof r.threshold !== "number") summary += " (uncalibrated)";
+  const calibrated = typeof r.calibrated === "boolean" ? r.calibrated : Boolean(card && card.calibrated);
+  if (!calibrated) summary += " (uncalibrated)";
   $("summary").textContent = summary;
   const notes = $("notes");
   notes.replaceChildren(...r.notes.map((n) => { const li = document.createElement("li"); li.textContent = n; return li; }));
