@@ -11,7 +11,8 @@ import typer
 
 
 def serve_command(
-    model: Path = typer.Argument(..., envvar="FAKEMERGE_MODEL", help="A fakemerge model file (.safetensors)."),
+    model: Path = typer.Argument(..., envvar="FAKEMERGE_MODEL",
+                                 help="A detector: fakemerge file, exported HF folder or checkpoint."),
     host: str = typer.Option("127.0.0.1", "--host", envvar="FAKEMERGE_HOST",
                              help="Interface to listen on (0.0.0.0: every interface — put a proxy in front)."),
     port: int = typer.Option(8000, "--port", envvar="FAKEMERGE_PORT"),

@@ -17,7 +17,8 @@ import torch
 from fakemerge.data import media
 from fakemerge.errors import FakemergeError
 from fakemerge.inference import DetectOptions, detect
-from fakemerge.models.detector import Detector, ModelMeta, load_detector
+from fakemerge.models.detector import Detector, ModelMeta
+from fakemerge.models.loading import load_detector
 from fakemerge.serving.errors import ApiError
 from fakemerge.serving.settings import ServeSettings
 from fakemerge.serving.uploads import Upload
@@ -36,6 +37,7 @@ def identify(head: bytes, name: str) -> str:
 
 
 def load_model(path: Path) -> tuple[Detector, ModelMeta]:
+    """The one loader's detector (a fakemerge file, an exported HF folder or the field's checkpoint)."""
     detector, meta = load_detector(path)
     if torch.cuda.is_available():
         detector = detector.to("cuda")
