@@ -91,7 +91,8 @@ def test_streamed_upload_is_cut_at_the_limit(model, spool, monkeypatch):
         head = (b"POST /v1/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n")
         part = b'--x\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n\r\n' + PHOTO.read_bytes()
-        body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in [part] + [b"\x00" * 65536] * 40)  # 2.6 MiB
+        chunks = [part] + [b"\x00" * 65536] * 40 + [b"\r\n--x--\r\n"]  # 2.6 MiB
+        body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(head)
             answer = b""
@@ -107,6 +108,7 @@ def test_streamed_upload_is_cut_at_the_limit(model, spool, monkeypatch):
             except ConnectionResetError:
                 pass  # the server may reset after its answer, since it never read the rest
         assert answer.startswith(b"HTTP/1.1 413") and b"too_large" in answer
+        assert b"connection: close" not in answer.lower()  # the rest (< 2x the limit) was dropped: kept alive
     assert 0 < sum(written) <= 1 << 20
 
 
