@@ -34,7 +34,7 @@ $(TRANSFORMERS4)/.installed: $(VENV)/.installed
 	$(BIN)/pip install -q --no-deps --target $(TRANSFORMERS4) $(TRANSFORMERS4_SPEC)
 	touch $@
 
-test: setup $(TRANSFORMERS4)/.installed
+test: setup browser $(TRANSFORMERS4)/.installed
 	HF_HUB_OFFLINE=1 FAKEMERGE_TRANSFORMERS4=$(abspath $(TRANSFORMERS4)) $(BIN)/python -m pytest -q
 
 lint: setup
