@@ -10,11 +10,13 @@ results say `calibrated: false`).
 
 Decoding overlaps the model: `workers` threads decode, crop and normalise the next inputs (Pillow, PyAV,
 OpenCV and torch release the GIL) while the calling thread runs full batches made of frames of several
-inputs; at most `2 × workers` inputs are decoded ahead, so memory stays bounded.
+inputs. The threads work ahead by about one batch of crops plus 2 × workers inputs (the inputs per batch
+are estimated from the crops per input seen so far), so memory stays bounded by roughly two batches.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -140,7 +142,15 @@ def detect(model: str | os.PathLike | Detector, inputs: Iterable[Source | tuple[
         return _prepare(item, options, policy, detector.preprocessing)
 
     pending: list[_Unit] = []
-    for done, units in enumerate(_in_order(prepare, items, options.workers), 1):
+    seen = [0, 0]  # inputs and crops decoded so far: how many inputs fill a batch
+
+    def window() -> int:
+        per_input = seen[1] / seen[0] if seen[1] else options.frames
+        return 2 * options.workers + math.ceil(options.batch_size / max(per_input, 1))
+
+    for done, units in enumerate(_in_order(prepare, items, options.workers, window), 1):
+        seen[0] += 1
+        seen[1] += sum(len(u.inputs) for u in units)
         pending.extend(units)
         if sum(len(u.inputs) for u in pending) >= options.batch_size or done == len(items):
             _score(detector, pending, options.batch_size)
@@ -158,18 +168,18 @@ def _ready(model, device: str | None) -> Detector:
     return detector.eval()
 
 
-def _in_order(fn: Callable[[Item], list[_Unit]], items: list[Item], workers: int) -> Iterator[list[_Unit]]:
-    """fn over items, in order, `workers` threads working at most 2 × workers items ahead."""
+def _in_order(fn: Callable[[Item], list[_Unit]], items: list[Item], workers: int,
+              window: Callable[[], int]) -> Iterator[list[_Unit]]:
+    """fn over items, in order, on `workers` threads that keep `window()` items submitted ahead."""
     if workers == 0:
         yield from map(fn, items)
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="fakemerge-decode") as pool:
-        ahead = 2 * workers
-        futures = [pool.submit(fn, item) for item in items[:ahead]]
+        futures: list = []
         try:
             for i in range(len(items)):
-                if i + ahead < len(items):
-                    futures.append(pool.submit(fn, items[i + ahead]))
+                while len(futures) < min(len(items), i + 1 + window()):
+                    futures.append(pool.submit(fn, items[len(futures)]))
                 yield futures[i].result()
                 futures[i] = None  # the unit now belongs to the consumer
         finally:
