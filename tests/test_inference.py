@@ -247,3 +247,38 @@ def test_cli_handles_non_utf8_names(model_file, tmp_path, capsys):
     row = json.loads(capsys.readouterr().out)
     assert row["input"].endswith("caf\\xe9.png") and row["error"] is None
 
+
+
+def test_eval_reads_a_folder_with_non_utf8_names_and_broken_files(model_file, tmp_path, capsys):
+    """Issue 8: one such file in a folder used to kill `eval` (opencv segfault) — it is just another image."""
+    rng = np.random.default_rng(4)
+    for folder in ("real/test/v1", "FS/test/v2"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        for name in (b"a.png", b"caf\xe9.png"):
+            cv2.imencode(".png", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))[1].tofile(
+                os.path.join(os.fsencode(tmp_path / "data" / folder), name))
+        (tmp_path / "data" / folder / "broken.png").write_bytes(b"not a png")
+    main(["eval", str(model_file), "--data", str(tmp_path / "data"), "--split", "test", "-o", str(tmp_path / "o")])
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["n_scored"] == 4 and len(report["skipped"]) == 2
+    skipped = (tmp_path / "o" / "predictions.csv.skipped.txt").read_text().splitlines()
+    assert len(skipped) == 2 and all("broken.png: not an image or video" in line for line in skipped)
+    rows = (tmp_path / "o" / "predictions.csv").read_bytes().splitlines()
+    assert sum(b"caf\xe9.png" in row for row in rows) == 2  # the real name, byte for byte
+
+
+@pytest.mark.skipif("dlib" not in faces.available_backends(), reason="the faces extra is not installed")
+def test_detect_end_to_end_on_a_real_photo_and_a_display_rotated_video(model_file, tmp_path, capsys):
+    from test_video_faces import grace_hopper
+
+    photo = grace_hopper()
+    cv2.imwrite(str(tmp_path / "hopper.jpg"), photo[..., ::-1])
+    stored = np.ascontiguousarray(np.rot90(cv2.resize(photo, (256, 300)), 1))  # sideways pixels ...
+    write_video(tmp_path / "phone.mp4", frames=[stored] * 8, codec="libx264", rotation=-90)  # ... upright shown
+    main(["detect", str(model_file), str(tmp_path / "hopper.jpg"), str(tmp_path / "phone.mp4"), "--face", "dlib",
+          "--frames", "4", "--format", "json"])
+    image, video = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert image["face_status"] == ["face"] and image["face_scores"][0] > 0.5
+    x0, y0, x1, y1 = image["face_boxes"][0]
+    assert 150 < (x0 + x1) / 2 < 350 and 150 < (y0 + y1) / 2 < 300  # her face, in the photo's pixels
+    assert video["kind"] == "video" and video["face_status"] == ["face"] * 4 and video["error"] is None

@@ -101,7 +101,7 @@ class ImageDataset(Dataset):
             if (self.root / r.path).is_file():
                 self.records.append(r)
             else:
-                self.skipped.append(f"{self.root / r.path}: image file not found (skipped)")
+                self.skipped.append(f"{display_name(self.root / r.path)}: image file not found (skipped)")
         if records and not self.records:
             first = records[0].path
             where = "" if Path(first).is_absolute() else f" under {self.root.resolve()}"

@@ -22,6 +22,7 @@ others (an object with `.detect(rgb, min_score) -> list[Face]`).
 from __future__ import annotations
 
 import importlib.util
+import threading
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -166,11 +167,15 @@ class DlibDetector:
         self.detector = dlib.get_frontal_face_detector()
         self.predictor = dlib.shape_predictor(str(model))
         self.upsample = upsample
+        self.lock = threading.Lock()  # one instance serves every decoding thread; dlib's objects are not shared-safe
 
     def detect(self, image: np.ndarray, min_score: float) -> list[Face]:
+        with self.lock:
+            return self._detect(np.ascontiguousarray(image), min_score)
+
+    def _detect(self, image: np.ndarray, min_score: float) -> list[Face]:
         import dlib
 
-        image = np.ascontiguousarray(image)
         rects, scores, _ = self.detector.run(image, self.upsample, float(min_score))
         faces = []
         for rect, score in zip(rects, scores, strict=True):

@@ -66,6 +66,9 @@ _SUFFIX_FAMILY = {".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".m4v": "mp4"
 _FORMAT_FAMILY = {"mov": "mp4", "3gp": "mp4", "webm": "mkv"}
 
 Source = str | os.PathLike | bytes
+# Pillow's own warnings (corrupt EXIF, palette transparency, ...) describe what it already handled; they are
+# silenced process-wide for Pillow's modules only (warnings.catch_warnings is not thread-safe).
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 def sniff(head: bytes) -> str | None:
@@ -263,9 +266,7 @@ def _pil_open(f: BinaryIO, name: str, fmt: str) -> Image.Image:
     already known, and our own pixel limit replaces Pillow's global decompression-bomb check."""
     Image.init()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return Image.OPEN[IMAGE_FORMATS[fmt]][0](f, None)
+        return Image.OPEN[IMAGE_FORMATS[fmt]][0](f, None)
     except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError, TypeError, struct_error) as e:
         raise InputError(f"{name}: corrupt {fmt.upper()} header ({_first_line(e)})") from None
 
@@ -292,11 +293,9 @@ def _decode_image(f: BinaryIO, name: str, fmt: str, max_pixels: int, notes: list
     if getattr(im, "n_frames", 1) > 1:
         _note(notes, f"{name}: animated {fmt.upper()} with {im.n_frames} frames; the first frame is used")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return _to_rgb(im, name)
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        return _to_rgb(im, name)
     except InputError:
         raise
     except OSError as e:

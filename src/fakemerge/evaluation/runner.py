@@ -65,7 +65,8 @@ def predict(detectors: Detector | Sequence[Detector], root: str | os.PathLike, r
     with contextlib.ExitStack() as stack:
         writers = []
         for path in csv_paths:
-            f = stack.enter_context(open(stack.enter_context(atomic_path(path)), "w", newline=""))
+            f = stack.enter_context(open(stack.enter_context(atomic_path(path)), "w", newline="", encoding="utf-8",
+                                         errors="surrogateescape"))  # file names that are not UTF-8 round-trip
             writers.append(csv.writer(f))
             writers[-1].writerow(CSV_COLUMNS)
         for batch in loader:
@@ -97,7 +98,7 @@ def _write_skipped(csv_path: Path, skipped: list[str]) -> None:
 def read_predictions(csv_path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The CSV's columns as arrays (strings for path/video/family, int labels, float scores)."""
     cols: dict[str, list] = {c: [] for c in CSV_COLUMNS}
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         for row in csv.DictReader(f):
             for c in CSV_COLUMNS:
                 cols[c].append(row[c])
