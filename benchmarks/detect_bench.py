@@ -11,7 +11,10 @@ bare (throughputs; target >= 0.9 with --face none). Images/s and video frames/s 
 The face detector (dlib HOG + 68 landmarks + alignment) is timed alone per frame, on the same frames.
 Memory: the peak RSS (VmHWM) of `fakemerge detect` in a fresh process on the largest inputs tried.
 
-    python benchmarks/detect_bench.py --images 48 --videos 4 --rounds 3 --threads 2 --workers 2
+    python benchmarks/detect_bench.py --images 32 --videos 4 --rounds 3 --threads 1 --workers 2
+
+(On a machine shared with other jobs, one torch thread: with two, OpenMP barriers under contention make
+the tiny model 3× slower and its timings meaningless.)
 """
 
 from __future__ import annotations

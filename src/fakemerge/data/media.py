@@ -291,7 +291,7 @@ def _decode_image(f: BinaryIO, name: str, fmt: str, max_pixels: int, notes: list
         _note(notes, f"{name}: {w}×{h} is over the {max_pixels / 1e6:g} MP limit; decoded at 1/{scale} scale "
                      f"({im.size[0]}×{im.size[1]})")
     if getattr(im, "n_frames", 1) > 1:
-        _note(notes, f"{name}: animated {fmt.upper()} with {im.n_frames} frames; the first frame is used")
+        _note(notes, f"{name}: the {fmt.upper()} holds {im.n_frames} frames (or pages); the first is used")
     try:
         im.load()
         im = ImageOps.exif_transpose(im)
@@ -466,7 +466,12 @@ def _seek_and_decode(container, stream, pts, keys, targets, name, notes, stats):
         k = bisect_right(keys, t)
         key = keys[k - 1] if k else None
         if decoder is None or position is None or position >= t or (key is not None and key > position):
-            container.seek(t, stream=stream, backward=True)
+            try:
+                container.seek(t, stream=stream, backward=True)
+            except av.FFmpegError:  # a container that cannot seek: decode the rest in order
+                container.seek(0)
+                yield from _decode_in_order(container, stream, [j for j in targets if j > last], stats)
+                return
             decoder, position = container.decode(stream), None
         try:
             for frame in decoder:
