@@ -194,6 +194,32 @@ def test_all_faces_scores_each_face_track(det, tmp_path, inputs):
     assert both[2].frame_indices == media.even_indices(30, 3) and both[3].face_boxes == [[40, 10, 60, 30]] * 3
 
 
+def test_small_inputs_are_scored_with_a_note(det, tmp_path):
+    cv2.imwrite(str(tmp_path / "tiny.png"), np.full((16, 16, 3), 90, np.uint8))
+    (r,) = detect(det, [tmp_path / "tiny.png"], DetectOptions())
+    assert r.score is not None and r.notes == []  # 16 px for a 32 px model: enlarged less than 2×, no note
+    big = Detector(CLIPVisionModel(tiny_config(**{**TINY, "image_size": 64}))).eval()
+    (r,) = detect(big, [tmp_path / "tiny.png"], DetectOptions())
+    assert r.score is not None and "16×16 crop upscaled 4× to 64×64" in r.notes[0]
+
+
+def test_faces_are_aligned_at_face_size_then_resized_by_the_model(det, tmp_path, monkeypatch):
+    faces.register_backend("two", TwoFaces)
+    seen = []
+    real = faces.align
+    monkeypatch.setattr(faces, "align", lambda image, face, size, margin: seen.append(size) or
+                        real(image, face, size, margin))
+    try:
+        cv2.imwrite(str(tmp_path / "g.png"), np.random.default_rng(5).integers(0, 255, (40, 64, 3), np.uint8))
+        (r,) = detect(det, [tmp_path / "g.png"], DetectOptions(face="two", face_size=128))
+    finally:
+        faces._FACTORIES.pop("two")
+        faces.get_backend.cache_clear()
+    assert seen == [128] and r.face_status == ["face"]
+    crop = real(cv2.imread(str(tmp_path / "g.png"))[..., ::-1], Face((0, 0, 30, 30), 2.0), 128, 1.3)
+    assert r.score == pytest.approx(det.predict_proba(batch_inputs([crop], det.preprocessing)).item(), abs=1e-6)
+
+
 def test_heatmaps_and_gradcam(det, tmp_path, inputs):
     pixels = torch.randn(2, 3, 32, 32)
     cam = gradcam(det, pixels)

@@ -155,9 +155,6 @@ def test_eval_refuses_overlapping_splits_unless_allowed(tmp_path, capsys, tiny_b
     assert "4/4 frames not found under" in capsys.readouterr().err.replace("\n", "")
 
 
-@pytest.mark.xfail(strict=True, reason="detect resizes every crop to the model's size itself (data/faces.py "
-                   "crop_frame -> _whole/align -> resize: area/cubic) before the model's preprocessing, so a "
-                   "DeepfakeBench model's bicubic resize (or Effort's centre crop) is not what runs; media stream")
 def test_detect_resizes_with_the_models_own_mode(tiny_base, field, tmp_path):
     d, models = field
     merged = tmp_path / "fs.safetensors"

@@ -132,16 +132,19 @@ def test_faces_are_found_on_a_bounded_copy_and_mapped_back(scripted):
 def test_no_face_policies_and_tiny_frames(scripted):
     scripted.candidates = []
     blank = np.full((64, 80, 3), 127, np.uint8)
+    blank[:, 8:72] = 200  # the centre square, kept at the frame's resolution (the model's preprocessing resizes)
     (whole,) = crop_frame(blank, CropPolicy("scripted", 32, no_face="whole"), "x.png")
-    assert whole.status == "whole" and whole.image.shape == (32, 32, 3) and "x.png" in whole.note
+    assert whole.status == "whole" and whole.image.shape == (64, 64, 3) and whole.image.min() == 200
+    assert whole.note == "x.png: no face with score >= 0.2 (scripted), whole frame used"
     (skipped,) = crop_frame(blank, CropPolicy("scripted", 32, no_face="skip"))
     assert skipped.status == "skipped" and skipped.image is None and "frame skipped" in skipped.note
     with pytest.raises(InputError, match="no face"):
         crop_frame(blank, CropPolicy("scripted", 32, no_face="error"))
     (centre,) = crop_frame(blank, CropPolicy("none", 32))
-    assert centre.status == "centre" and centre.image.shape == (32, 32, 3) and centre.note == ""
-    (small,) = crop_frame(np.zeros((16, 16, 3), np.uint8), CropPolicy("none", 224), "s.png")
-    assert "s.png: 16×16 image upscaled 14× to 224×224" in small.note
+    assert centre.status == "centre" and centre.image.shape == (64, 64, 3) and centre.note == ""
+    assert faces.upscale_note("s.png", np.zeros((16, 16, 3)), 224) == (
+        "s.png: 16×16 crop upscaled 14× to 224×224; scores of images this small are unreliable")
+    assert faces.upscale_note("s.png", np.zeros((112, 112, 3)), 224) is None
     with pytest.raises(InputError, match=r"t\.png: 1×1 pixels is too small to score"):
         crop_frame(np.zeros((1, 1, 3), np.uint8), CropPolicy("none", 224), "t.png")
 

@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fakemerge.config import first_error
-from fakemerge.data.faces import Crop, CropPolicy, check_backend, crop_frame, link_tracks
+from fakemerge.data.faces import Crop, CropPolicy, check_backend, crop_frame, link_tracks, resize, upscale_note
 from fakemerge.data.media import MAX_PIXELS, Item, Source, find_media, read_frames
 from fakemerge.errors import FakemergeError, InputError
 from fakemerge.evaluation.metrics import aggregate
@@ -39,10 +39,11 @@ from fakemerge.models.preprocessing import Preprocessing, to_input
 from fakemerge.progress import Progress, silent
 
 UNCALIBRATED_THRESHOLD = 0.5
+HEATMAP_SIZE = 256  # the crop shown under a Grad-CAM overlay
 # option -> the command-line flag users know it by (error messages name the flag)
 FLAGS = {"k": "--topk", "face": "--face", "no_face": "--no-face", "min_face_score": "--min-face-score",
          "all_faces": "--all-faces", "batch_size": "--batch-size", "heatmap_dir": "--heatmaps",
-         "folder_as_video": "--folder-as-video", "max_pixels": "--max-pixels"}
+         "folder_as_video": "--folder-as-video", "max_pixels": "--max-pixels", "face_size": "--face-size"}
 
 
 class DetectOptions(BaseModel):
@@ -58,6 +59,8 @@ class DetectOptions(BaseModel):
     min_face_score: float = Field(0.2, allow_inf_nan=False, description="detector score of a face")
     all_faces: bool = Field(False, description="one result per face track instead of the largest face")
     margin: float = Field(1.3, ge=1.0, le=3.0, description="context around the aligned face [--margin]")
+    face_size: int = Field(256, ge=16, le=4096, description="aligned face crop size before the model's own "
+                           "resize, as DeepfakeBench crops [--face-size]")
     batch_size: int = Field(64, ge=1, le=4096, description="frames per forward pass [--batch-size]")
     heatmap_dir: Path | None = Field(None, description="write a Grad-CAM PNG per result here [--heatmaps]")
     folder_as_video: bool = Field(False, description="a folder of frames is one video [--folder-as-video]")
@@ -84,8 +87,8 @@ class DetectOptions(BaseModel):
             raise ValueError(str(e).split(": ", 1)[1]) from None
         return name
 
-    def crop_policy(self, size: int) -> CropPolicy:
-        return CropPolicy(self.face, size, self.margin, self.no_face, self.min_face_score, self.all_faces)
+    def crop_policy(self) -> CropPolicy:
+        return CropPolicy(self.face, self.face_size, self.margin, self.no_face, self.min_face_score, self.all_faces)
 
 
 @dataclass
@@ -131,7 +134,7 @@ def detect(model: str | os.PathLike | Detector, inputs: Iterable[Source | tuple[
     """Score each input (files, folders, `(name, bytes)` uploads) in order; failures yield `error`."""
     options = options or DetectOptions()
     detector = _ready(model, options.device)
-    policy = options.crop_policy(detector.preprocessing.size)
+    policy = options.crop_policy()
     threshold = detector.threshold if detector.threshold is not None else UNCALIBRATED_THRESHOLD
     notes: list[str] = []
     items = find_media(inputs, folder_as_video=options.folder_as_video, notes=notes)
@@ -199,14 +202,16 @@ def _prepare(item: Item, options: DetectOptions, policy: CropPolicy, prep: Prepr
         for frame in read_frames(item.source, options.frames, name=item.name, max_pixels=options.max_pixels,
                                  notes=result.notes, stats=stats):
             where = item.name if stats["kind"] == "image" else f"{item.name} frame {frame.index}"
-            sampled.append((frame.index, crop_frame(frame.image, policy, where)))
+            crops = crop_frame(frame.image, policy, where)
+            for crop in crops:
+                small = upscale_note(where, crop.image, prep.size) if crop.image is not None else None
+                crop.note = "; ".join(n for n in (crop.note, small) if n)
+            sampled.append((frame.index, crops))
         result.kind, result.format = stats["kind"], stats.get("format")
         units = _group(result, sampled, options.all_faces)
         for unit in units:
-            for crop in unit.crops:
-                unit.inputs.append(to_input(crop, prep))
-            if options.heatmap_dir is None:
-                unit.crops = []
+            unit.inputs = [to_input(crop, prep) for crop in unit.crops]  # the model's own resize
+            unit.crops = [resize(c, HEATMAP_SIZE) for c in unit.crops] if options.heatmap_dir else []
         if not any(u.inputs for u in units):
             why = "all sampled frames skipped" if sampled else "nothing decoded"
             raise InputError(f"{item.name}: no frame with a face ({len(sampled)} sampled, {why}; "
@@ -299,10 +304,8 @@ def _save_heatmap(detector: Detector, unit: _Unit, folder: Path) -> Path:
 
     r = unit.result
     best = int(np.argmax(r.frame_scores))
-    crop = unit.crops[best]
     pixels = torch.from_numpy(unit.inputs[best][None]).to(next(detector.parameters()).device)
-    shown = cv2.resize(crop, (256, 256), interpolation=cv2.INTER_CUBIC) if min(crop.shape[:2]) < 256 else crop
-    image = overlay(shown, gradcam(detector, pixels)[0])
+    image = overlay(unit.crops[best], gradcam(detector, pixels)[0])
     tag = hashlib.sha1(r.input.encode("utf-8", "backslashreplace")).hexdigest()[:8]  # two inputs, one stem
     face = "" if r.face is None else f"_face{r.face}"
     path = folder / f"{Path(r.input).stem[:80]}{face}_{tag}.png"

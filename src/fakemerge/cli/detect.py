@@ -39,6 +39,7 @@ def detect_command(
     min_face_score: float = typer.Option(0.2, "--min-face-score", help="Detector score a face needs."),
     all_faces: bool = typer.Option(False, "--all-faces", help="One result per face (track), not the largest."),
     margin: float = typer.Option(1.3, "--margin", help="Context around the aligned face (1 to 3)."),
+    face_size: int = typer.Option(256, "--face-size", help="Aligned face crop size before the model's resize."),
     batch_size: int = typer.Option(64, "--batch-size", help="Frames per forward pass."),
     folder_as_video: bool = typer.Option(False, "--folder-as-video",
                                          help="A folder of frames is one video (DeepfakeBench / DF40 layout)."),
@@ -53,8 +54,8 @@ def detect_command(
     from fakemerge.inference import DetectOptions, detect
 
     given = dict(frames=frames, agg=agg, k=topk, face=face, no_face=no_face, min_face_score=min_face_score,
-                 all_faces=all_faces, margin=margin, batch_size=batch_size, folder_as_video=folder_as_video,
-                 workers=workers, device=device, heatmap_dir=heatmaps)
+                 all_faces=all_faces, margin=margin, face_size=face_size, batch_size=batch_size,
+                 folder_as_video=folder_as_video, workers=workers, device=device, heatmap_dir=heatmaps)
     if max_pixels is not None:
         given["max_pixels"] = max_pixels
     options = DetectOptions(**given)

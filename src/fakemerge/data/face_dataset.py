@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 
 from fakemerge.data import faces
-from fakemerge.data.faces import CropPolicy, crop_frame
+from fakemerge.data.faces import CropPolicy, crop_frame, resize, upscale_note
 from fakemerge.data.media import MAX_PIXELS, Item, display_name, find_media, read_frames
 from fakemerge.errors import FakemergeError, InputError
 from fakemerge.io import atomic_path, write_json
@@ -186,8 +186,12 @@ def extract_one(item: Item, video: str, job: FacesJob, stamp: list) -> dict:
         stats: dict = {}
         for frame in read_frames(item.source, job.frames, name=item.name, max_pixels=job.max_pixels,
                                  notes=entry["notes"], stats=stats):
-            (crop,) = crop_frame(frame.image, job.policy, f"{item.name} frame {frame.index}")
+            where = f"{item.name} frame {frame.index}"
+            (crop,) = crop_frame(frame.image, job.policy, where)
             entry["face_status"].append(crop.status)
+            if crop.image is not None and crop.status != "face":  # the frame's centre square: to crop size
+                crop.note = "; ".join(n for n in (crop.note, upscale_note(where, crop.image, job.policy.size)) if n)
+                crop.image = resize(crop.image, job.policy.size)
             if crop.note:
                 entry["notes"].append(crop.note)
             if crop.image is not None:

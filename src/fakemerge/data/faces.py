@@ -1,8 +1,13 @@
 """Frame -> the model's crop: face detection backends, five-point alignment, and the "no face" policy.
 
 `crop_frame(frame, policy)` is the one function that turns a decoded frame into crops; detect, `faces` and
-the service all call it. Which face: the backend's candidates scoring at least `policy.min_score` are the
-confident ones, and the largest of those is the face (`all_faces`: every confident face, largest first).
+the service all call it. Aligned faces are cut at `policy.size` (256, as DeepfakeBench crops); whole-frame
+and centre crops are the frame's centre square at its own resolution, so that the model's own preprocessing
+does the one resize to its input (bicubic for DeepfakeBench models, a centre crop for Effort's, ...), as in
+their training, and `fakemerge faces` resizes them to its crop size.
+
+Which face: the backend's candidates scoring at least `policy.min_score` are the confident ones, and the
+largest of those is the face (`all_faces`: every confident face, largest first).
 Default minimum 0.2 for dlib's HOG scores: below every score the one real face shipped offline (matplotlib's
 grace_hopper.jpg) kept under the blur, noise, JPEG, rotation and scale perturbations tried (0.23-1.71), above
 the false positive that motivated it (a badge at 0.05); no face dataset was available to tune it on.
@@ -70,7 +75,7 @@ class CropPolicy:
     """How every caller turns frames into crops; validated on construction (usage errors, exit 2)."""
 
     backend: str = "none"
-    size: int = 224
+    size: int = 256  # of aligned face crops
     margin: float = 1.3
     no_face: str = "whole"
     min_score: float = 0.2
@@ -226,7 +231,7 @@ def crop_frame(frame: np.ndarray, policy: CropPolicy, source: str = "image") -> 
     if min(h, w) < MIN_SIDE:
         raise InputError(f"{source}: {w}×{h} pixels is too small to score (at least {MIN_SIDE} a side)")
     if policy.backend == "none":
-        return [_whole(frame, policy.size, "centre", "", source)]
+        return [Crop(centre_square(frame), "centre")]
     faces = [f for f in _detect(frame, policy) if f.score >= policy.min_score]
     if faces:
         faces.sort(key=lambda f: (f.area, f.score), reverse=True)
@@ -237,16 +242,16 @@ def crop_frame(frame: np.ndarray, policy: CropPolicy, source: str = "image") -> 
         raise InputError(message)
     if policy.no_face == "skip":
         return [Crop(None, "skipped", note=message + ", frame skipped")]
-    return [_whole(frame, policy.size, "whole", message + ", whole frame used", source)]
+    return [Crop(centre_square(frame), "whole", note=message + ", whole frame used")]
 
 
-def _whole(frame: np.ndarray, size: int, status: str, note: str, source: str) -> Crop:
-    square = centre_square(frame)
-    if square.shape[0] * 2 < size:
-        upscaled = f"{source}: {frame.shape[1]}×{frame.shape[0]} image upscaled {size / square.shape[0]:.0f}× " \
-                   f"to {size}×{size}; scores of images this small are unreliable"
-        note = f"{note}; {upscaled}" if note else upscaled
-    return Crop(resize(square, size), status, note=note)
+def upscale_note(source: str, image: np.ndarray, size: int) -> str | None:
+    """The note for a crop enlarged more than 2× to `size` (a 16×16 image scored at 224 px)."""
+    side = min(image.shape[:2])
+    if side * 2 >= size:
+        return None
+    return (f"{source}: {image.shape[1]}×{image.shape[0]} crop upscaled {size / side:.0f}× to {size}×{size}; "
+            "scores of images this small are unreliable")
 
 
 def _detect(frame: np.ndarray, policy: CropPolicy) -> list[Face]:
