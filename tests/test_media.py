@@ -16,6 +16,8 @@ from mediafiles import claim_size, encode, huge_png, write_video
 from PIL import Image
 
 from fakemerge.data import media
+from fakemerge.data.media import video
+from fakemerge.data.media.opening import os_reason
 from fakemerge.errors import InputError
 
 RNG = np.random.default_rng(0)
@@ -333,8 +335,8 @@ def test_variable_frame_rate_and_b_frames_index_frames_exactly(tmp_path):
 
 def test_in_order_fallback_gives_the_same_frames(videos, monkeypatch):
     seek = [f.index for f in media.read_frames(videos[".mp4"], 5)]
-    real = media._timeline
-    monkeypatch.setattr(media, "_timeline", lambda c, s: ([None] * len(real(c, s)[0]), [], 0))
+    real = video.timeline
+    monkeypatch.setattr(video, "timeline", lambda c, s: ([None] * len(real(c, s)[0]), [], 0))
     stats = {}
     frames = list(media.read_frames(videos[".mp4"], 5, stats=stats))
     assert [f.index for f in frames] == seek == media.even_indices(30, 5)
@@ -435,6 +437,6 @@ def test_bad_video_bytes_never_reach_stderr(tmp_path, capfd):
 
 
 def test_errors_name_the_errno_reason():
-    assert media._os_reason(OSError(errno.EACCES, "x")) == "permission denied"
-    assert media._os_reason(OSError(errno.ELOOP, "x")) == "symbolic link loop"
-    assert media._os_reason(OSError(errno.EIO, "Input/output error")) == "cannot read (Input/output error)"
+    assert os_reason(OSError(errno.EACCES, "x")) == "permission denied"
+    assert os_reason(OSError(errno.ELOOP, "x")) == "symbolic link loop"
+    assert os_reason(OSError(errno.EIO, "Input/output error")) == "cannot read (Input/output error)"
