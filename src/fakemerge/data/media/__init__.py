@@ -35,6 +35,7 @@ from fakemerge.data.media.formats import (
     HEAD_BYTES,
     IMAGE_FORMATS,
     IMAGE_SUFFIXES,
+    UNSUPPORTED,
     VIDEO_FORMATS,
     VIDEO_SUFFIXES,
     kind_of,
@@ -48,9 +49,9 @@ from fakemerge.errors import InputError
 
 MAX_PIXELS = 40_000_000  # default limit: 8K video frames (33 MP) pass, a 48 MP phone JPEG decodes at 1/2
 
-__all__ = ["HEAD_BYTES", "IMAGE_FORMATS", "IMAGE_SUFFIXES", "MAX_PIXELS", "VIDEO_FORMATS", "VIDEO_SUFFIXES", "Frame",
-           "Item", "MediaInfo", "Source", "display_name", "even_indices", "find_media", "frame_files", "kind_of",
-           "probe", "read_frames", "read_image", "sniff"]
+__all__ = ["HEAD_BYTES", "IMAGE_FORMATS", "IMAGE_SUFFIXES", "MAX_PIXELS", "UNSUPPORTED", "VIDEO_FORMATS",
+           "VIDEO_SUFFIXES", "Frame", "Item", "MediaInfo", "Source", "display_name", "even_indices", "find_media",
+           "frame_files", "kind_of", "probe", "read_frames", "read_image", "sniff"]
 
 
 @dataclass(frozen=True)
