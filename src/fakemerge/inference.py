@@ -122,7 +122,7 @@ class DetectResult:
 
 @dataclass
 class _Unit:
-    """A result waiting for its scores: the model inputs of its crops (and the crops, for heatmaps)."""
+    """A result waiting for its scores: the model inputs of its crops (and the crops shown under heatmaps)."""
 
     result: DetectResult
     inputs: list[np.ndarray] = field(default_factory=list)
@@ -202,16 +202,10 @@ def _prepare(item: Item, options: DetectOptions, policy: CropPolicy, prep: Prepr
         for frame in read_frames(item.source, options.frames, name=item.name, max_pixels=options.max_pixels,
                                  notes=result.notes, stats=stats):
             where = item.name if stats["kind"] == "image" else f"{item.name} frame {frame.index}"
-            crops = crop_frame(frame.image, policy, where)
-            for crop in crops:
-                small = upscale_note(where, crop.image, prep.size) if crop.image is not None else None
-                crop.note = "; ".join(n for n in (crop.note, small) if n)
-            sampled.append((frame.index, crops))
+            sampled.append((frame.index, [_ready_crop(c, where, prep, options.heatmap_dir is not None)
+                                          for c in crop_frame(frame.image, policy, where)]))
         result.kind, result.format = stats["kind"], stats.get("format")
         units = _group(result, sampled, options.all_faces)
-        for unit in units:
-            unit.inputs = [to_input(crop, prep) for crop in unit.crops]  # the model's own resize
-            unit.crops = [resize(c, HEATMAP_SIZE) for c in unit.crops] if options.heatmap_dir else []
         if not any(u.inputs for u in units):
             why = "all sampled frames skipped" if sampled else "nothing decoded"
             raise InputError(f"{item.name}: no frame with a face ({len(sampled)} sampled, {why}; "
@@ -226,37 +220,59 @@ def _prepare(item: Item, options: DetectOptions, policy: CropPolicy, prep: Prepr
     return [_Unit(result)]
 
 
-def _group(base: DetectResult, sampled: list[tuple[int, list[Crop]]], all_faces: bool) -> list[_Unit]:
+@dataclass
+class _Ready:
+    """A crop turned into the model's input at once (the frame-sized crop is not kept)."""
+
+    crop: Crop  # status, face, note; its image dropped
+    input: np.ndarray | None  # None: the frame was skipped
+    shown: np.ndarray | None  # the crop at HEATMAP_SIZE, kept only for heatmaps
+
+
+def _ready_crop(crop: Crop, where: str, prep: Preprocessing, heatmap: bool) -> _Ready:
+    if crop.image is None:
+        return _Ready(crop, None, None)
+    small = upscale_note(where, crop.image, prep.size)
+    crop.note = "; ".join(n for n in (crop.note, small) if n)
+    ready = _Ready(crop, to_input(crop.image, prep), resize(crop.image, HEATMAP_SIZE) if heatmap else None)
+    crop.image = None
+    return ready
+
+
+def _group(base: DetectResult, sampled: list[tuple[int, list[_Ready]]], all_faces: bool) -> list[_Unit]:
     """Crops -> units: one for the input, or with all_faces one per face track (+ one for whole frames)."""
-    for _, crops in sampled:
-        base.notes.extend(c.note for c in crops if c.note)
+    for _, readies in sampled:
+        base.notes.extend(r.crop.note for r in readies if r.crop.note)
     if not all_faces:
         unit = _Unit(base)
-        for index, (crop,) in sampled:
-            _add(unit, index, crop)
+        for index, (ready,) in sampled:
+            _add(unit, index, ready)
         return [unit]
-    faces = [(index, [c for c in crops if c.status == "face"]) for index, crops in sampled]
-    tracks = link_tracks([[c.face.box for c in crops] for _, crops in faces])
+    faces = [(index, [r for r in readies if r.crop.status == "face"]) for index, readies in sampled]
+    tracks = link_tracks([[r.crop.face.box for r in readies] for _, readies in faces])
     units: dict[int | None, _Unit] = {}
-    for (index, crops), ids in zip(faces, tracks, strict=True):
-        for crop, track in zip(crops, ids, strict=True):
+    for (index, readies), ids in zip(faces, tracks, strict=True):
+        for ready, track in zip(readies, ids, strict=True):
             unit = units.setdefault(track, _Unit(DetectResult(base.input, base.kind, base.format, face=track,
                                                               notes=list(base.notes))))
-            _add(unit, index, crop)
-    for index, crops in sampled:
-        for crop in crops:
-            if crop.status != "face":
+            _add(unit, index, ready)
+    for index, readies in sampled:
+        for ready in readies:
+            if ready.crop.status != "face":
                 unit = units.setdefault(None, _Unit(DetectResult(base.input, base.kind, base.format,
                                                                  notes=list(base.notes))))
-                _add(unit, index, crop)
+                _add(unit, index, ready)
     return [units[k] for k in sorted(units, key=lambda t: -1 if t is None else t)] or [_Unit(base)]
 
 
-def _add(unit: _Unit, index: int, crop: Crop) -> None:
+def _add(unit: _Unit, index: int, ready: _Ready) -> None:
+    crop = ready.crop
     unit.result.face_status.append(crop.status)
-    if crop.image is None:
+    if ready.input is None:
         return
-    unit.crops.append(crop.image)
+    unit.inputs.append(ready.input)
+    if ready.shown is not None:
+        unit.crops.append(ready.shown)
     unit.result.frame_indices.append(index)
     unit.result.face_boxes.append([round(float(v), 1) for v in crop.face.box] if crop.face else None)
     unit.result.face_scores.append(round(crop.face.score, 4) if crop.face else None)
