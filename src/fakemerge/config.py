@@ -38,7 +38,12 @@ class TrainConfig(DataOptions):
     seed: int = 0
     num_workers: int | None = None  # None: 0 on CPU (decoded images stay cached in-process), 2 on GPU
     flip: bool = False  # horizontal-flip augmentation (off: ForgeryLab families may be asymmetric)
-    max_steps_per_epoch: int | None = None
+    max_steps_per_epoch: int | None = None  # optimizer steps (each of grad_accum batches)
+    # Mixed precision through accelerate: "bf16" (CPU and recent GPUs) or "fp16" (GPUs, with loss scaling).
+    # None: what `accelerate launch --mixed_precision` says, else "no". Weights, optimizer state, the loss and
+    # the subspace methods' low-rank branch stay float32.
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = None
+    grad_accum: int = 1  # batches whose gradients add up to one optimizer step
     val_split: str | None = "val"  # None: no validation, the last epoch is kept
     select_metric: Literal["auc", "acc", "loss"] = "auc"
     resume: bool = False
@@ -53,7 +58,7 @@ class TrainConfig(DataOptions):
             raise ValueError("at least one family is needed")
         return v
 
-    @field_validator("epochs", "batch_size")
+    @field_validator("epochs", "batch_size", "grad_accum")
     @classmethod
     def _positive(cls, v):
         if v < 1:

@@ -38,6 +38,9 @@ def train_command(
     seed: int = typer.Option(None, "--seed", help="Random seed (default 0)."),
     num_workers: int = typer.Option(None, "--num-workers",
                                     help="Data loader worker processes (default: 0 on CPU, 2 on GPU)."),
+    mixed_precision: str = typer.Option(None, "--mixed-precision",
+                                        help="no | bf16 | fp16 (GPU) (default: accelerate launch's, else no)."),
+    grad_accum: int = typer.Option(None, "--grad-accum", help="Batches per optimizer step (default 1)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT.ckpt/ after the last full epoch."),
     config: Path = typer.Option(None, "--config", help="YAML file of settings (TrainConfig fields)."),
     sets: list[str] = typer.Option(None, "--set", help="Override any setting: key=value (repeatable)."),
@@ -58,7 +61,7 @@ def train_command(
     local = locals()
     flags = {k: local[k] for k in ("base", "families", "method", "root", "epochs", "batch_size", "lr",
                                    "weight_decay", "seed", "num_workers", "compression", "frames_per_video",
-                                   "family_map") if local[k] is not None}
+                                   "family_map", "mixed_precision", "grad_accum") if local[k] is not None}
     flags.update({k: list(local[k]) for k in ("data", "path_map") if local[k]})
     if allow_split_overlap:
         flags["allow_split_overlap"] = True

@@ -74,7 +74,12 @@ class SubspaceLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.linear(x, self.frozen_weight, self.bias)
-        return y + ((x @ self.V) * self.s) @ self.U.T
+        # The artifact branch carries the whole update and is small next to the frozen part: autocast is off
+        # for it, so it runs in the factors' dtype (float32 under mixed precision; it costs only rank K·d)
+        # and bf16 / fp16 rounding does not swamp it. Its float32 output keeps the residual stream float32.
+        with torch.autocast(x.device.type, enabled=False):
+            low = ((x.to(self.V.dtype) @ self.V) * self.s) @ self.U.T
+        return y + low
 
     def delta(self) -> torch.Tensor:
         """The trained low-rank part U diag(s) Vᵀ (rank ≤ K·d)."""

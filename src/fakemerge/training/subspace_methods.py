@@ -256,7 +256,7 @@ class _LayerMask:
     def restore_untouched(self, model: Detector) -> None:
         for n, layer in self.layers.items():
             params = layer.parameters()
-            if all(torch.equal(p.detach().cpu(), p0) for p, p0 in zip(params, self.init[n], strict=True)):
+            if all(torch.equal(p.detach(), p0) for p, p0 in zip(params, self.init[n], strict=True)):
                 parent, _, child = n.rpartition(".")
                 setattr(model.backbone.get_submodule(parent), child, self.originals[n].to(layer.U.device))
 

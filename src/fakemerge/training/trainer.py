@@ -1,7 +1,10 @@
 """Train one detector (a specialist, or a joint model when several families are given) with `accelerate`.
 
 The same code runs on one CPU, one GPU, or under `accelerate launch` on many (DDP: the training loader is
-sharded, validation predictions are gathered). Reproducible: every random choice is a function of the seed
+sharded, validation predictions are gathered). Mixed precision (bf16 / fp16) is accelerate's autocast around
+the model's forward; gradient accumulation adds `grad_accum` batches' gradients (DDP synchronises only the
+last) before each optimizer step. The model is on the training device before the method prepares it, so
+layer scoring and SVDs run there. Reproducible: every random choice is a function of the seed
 and the epoch (head init, shuffling, flips), so a run resumed from OUT.ckpt/ matches an uninterrupted one
 bit for bit. The best epoch by validation metric is kept; the test split is never read. Only the main
 process writes: the per-epoch log OUT.log.jsonl, the checkpoint, and — once, at the end — the model file.
@@ -9,15 +12,17 @@ process writes: the per-epoch log OUT.log.jsonl, the checkpoint, and — once, a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from sklearn.metrics import roc_auc_score
+from accelerate.state import AcceleratorState, PartialState
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
@@ -26,6 +31,7 @@ from fakemerge.data import options as data_options
 from fakemerge.data.dataset import EpochShuffle, ImageDataset, drop_skipped
 from fakemerge.data.records import Record, select
 from fakemerge.errors import InputError
+from fakemerge.evaluation import metrics
 from fakemerge.io import write_text
 from fakemerge.io.safetensors import tensors_sha256
 from fakemerge.models.backbone import build_backbone
@@ -48,9 +54,10 @@ class TrainResult:
 
 
 def train(config: TrainConfig, progress: Progress = silent) -> TrainResult:
-    """Progress: stage "train" per optimizer step (info: epoch, loss; notes: skipped images, resume) and
+    """Progress: stage "train" per batch (info: epoch, loss; notes: skipped images, resume) and
     stage "epoch" after each epoch (note: its summary line; info `record`: its history record)."""
-    accelerator = Accelerator()
+    config = config.model_copy(update={"mixed_precision": _precision(config.mixed_precision)})
+    accelerator = _accelerator(config.mixed_precision)
     main = accelerator.is_main_process
     emit = progress if main else silent
     position = {"done": 0, "total": None}
@@ -86,6 +93,7 @@ def train(config: TrainConfig, progress: Progress = silent) -> TrainResult:
     val_loader = DataLoader(val_set, **loader_args)
 
     torch.manual_seed(config.seed)
+    detector.to(accelerator.device)  # layer scoring and subspace SVDs run on the training device
     prepared = method.fn(detector, dict(config.method_options), _probe_batches(train_set, config.seed, loader_args))
     methods.freeze_all_but(detector, prepared.params)
     trainable_names = [n for n, p in detector.named_parameters() if p.requires_grad]
@@ -97,9 +105,9 @@ def train(config: TrainConfig, progress: Progress = silent) -> TrainResult:
     torch_optimizer = optimizer  # accelerate wraps it; methods' epoch hooks get the plain one
     model, optimizer, train_loader, val_loader = accelerator.prepare(detector, optimizer, train_loader,
                                                                      val_loader)
-    steps = len(train_loader) if config.max_steps_per_epoch is None else min(len(train_loader),
-                                                                              config.max_steps_per_epoch)
-    scheduler = _scheduler(optimizer, config.schedule, steps * config.epochs)
+    steps = len(train_loader) if config.max_steps_per_epoch is None else min(
+        len(train_loader), config.max_steps_per_epoch * config.grad_accum)  # batches per epoch
+    scheduler = _scheduler(optimizer, config.schedule, math.ceil(steps / config.grad_accum) * config.epochs)
 
     history: list[dict] = []
     best = {"epoch": None, "val": {}, "tensors": _trainable_state(detector, trainable_names), "info": {}}
@@ -112,6 +120,8 @@ def train(config: TrainConfig, progress: Progress = silent) -> TrainResult:
         _load_trainable(detector, saved.trainable)
         optimizer.load_state_dict(saved.optim["optimizer"])
         scheduler.load_state_dict(saved.optim["scheduler"])
+        if accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(saved.optim["scaler"])
         history = saved.state["history"]
         best = {"epoch": saved.state["best_epoch"], "val": saved.state["best_val"], "tensors": saved.best,
                 "info": saved.state.get("best_info", {})}
@@ -128,7 +138,7 @@ def train(config: TrainConfig, progress: Progress = silent) -> TrainResult:
         train_set.set_epoch(epoch)
         train_loader.set_epoch(epoch)  # accelerate's loader re-seeds its sampler from its own epoch count
         info = prepared.on_epoch(epoch, torch_optimizer) if prepared.on_epoch is not None else {}
-        train_loss = _train_epoch(model, train_loader, optimizer, scheduler, prepared, steps,
+        train_loss = _train_epoch(model, train_loader, optimizer, scheduler, prepared, steps, config.grad_accum,
                                   accelerator, train_set, emit, note, epoch, position)
         val = _evaluate(model, val_loader, accelerator, val_set, note) if val_records else {}
         record = {"epoch": epoch + 1, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()},
@@ -141,8 +151,11 @@ def train(config: TrainConfig, progress: Progress = silent) -> TrainResult:
         if main:
             state = {"recipe": config.recipe(), "history": history, "best_epoch": best["epoch"],
                      "best_val": best["val"], "best_info": best["info"]}
+            optim = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            if accelerator.scaler is not None:  # fp16 loss scale: part of the exact resume
+                optim["scaler"] = accelerator.scaler.state_dict()
             checkpoint.save(ckpt, epoch + 1, _trainable_state(detector, trainable_names), best["tensors"],
-                            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, state)
+                            optim, state)
             _write_log(out, history)
         accelerator.wait_for_everyone()
         emit("epoch", epoch + 1, config.epochs, note=_summary(record, config.epochs), record=record)
@@ -171,6 +184,34 @@ def train(config: TrainConfig, progress: Progress = silent) -> TrainResult:
     return TrainResult(out=out, selected_epoch=best["epoch"], val=best["val"], history=history,
                        skipped=skipped, trainable_params=n_trainable, total_params=n_total,
                        is_main_process=main)
+
+
+def _precision(asked: str | None) -> str:
+    """The mixed precision to train with: the setting, else `accelerate launch`'s (its environment)."""
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launched not in ("no", "bf16", "fp16"):
+        raise InputError(f"accelerate launch --mixed_precision {launched}: not supported (choose no, bf16, fp16)")
+    if asked is None:
+        return launched
+    if launched != "no" and launched != asked:
+        raise InputError(f"mixed_precision {asked} contradicts accelerate launch --mixed_precision {launched}")
+    return asked
+
+
+def _accelerator(precision: str) -> Accelerator:
+    """An Accelerator for `precision`. accelerate keeps one precision per process; a later training in the
+    same single process (a notebook, the demo) may change it. fp16 on a CPU is refused: accelerate would
+    silently train in float32 there."""
+    current = AcceleratorState._shared_state.get("_mixed_precision")
+    if current is not None and current != precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+    try:
+        accelerator = Accelerator(mixed_precision=precision)
+    except ValueError as e:
+        raise InputError(f"mixed_precision {precision}: {e}") from None
+    if precision == "fp16" and accelerator.device.type == "cpu":
+        raise InputError("mixed_precision fp16 needs a GPU (accelerate has no fp16 autocast on CPU); use bf16")
+    return accelerator
 
 
 def _splits(records: list[Record], config: TrainConfig, source: str) -> tuple[list[Record], list[Record]]:
@@ -214,24 +255,34 @@ def _scheduler(optimizer, schedule: str, total_steps: int):
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1))))
 
 
-def _train_epoch(model, loader, optimizer, scheduler, prepared, steps, accelerator, dataset, emit, note, epoch,
-                 position):
+def _train_epoch(model, loader, optimizer, scheduler, prepared, steps, accum, accelerator, dataset, emit, note,
+                 epoch, position):
+    """One epoch of `steps` batches; every `accum` batches (and the epoch's last) make one optimizer step,
+    each batch's loss divided by its group's size so a step follows the mean over the group's batches."""
     model.train()
     total = torch.zeros(2)
     for step, batch in enumerate(loader):
         if step >= steps:
             break
+        group_start = step - step % accum
+        group_size = min(accum, steps - group_start)
+        last_of_group = step == group_start + group_size - 1
         pixels, labels, _, bad = drop_skipped(batch)
         _note_skipped(accelerator, dataset, bad, note)
-        # A batch of only unreadable images gets a zero loss, which keeps DDP processes in step.
-        ce = F.cross_entropy(model(pixels), labels) if len(labels) else model(batch[0][:1]).sum() * 0
-        loss = ce if prepared.aux_loss is None else ce + prepared.aux_loss()
-        accelerator.backward(loss)
-        if prepared.before_step is not None:
-            prepared.before_step()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        # DDP all-reduces gradients only on a group's last backward.
+        with contextlib.nullcontext() if last_of_group else accelerator.no_sync(model):
+            # A batch of only unreadable images gets a zero loss, which keeps DDP processes in step. The loss is
+            # float32 whatever the autocast dtype of the forward.
+            ce = (F.cross_entropy(model(pixels).float(), labels) if len(labels)
+                  else model(batch[0][:1]).float().sum() * 0)
+            loss = ce if prepared.aux_loss is None else ce + prepared.aux_loss()
+            accelerator.backward(loss / group_size)
+        if last_of_group:
+            if prepared.before_step is not None:
+                prepared.before_step()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         total += torch.tensor([ce.item() * len(labels), len(labels)])
         position["done"] = epoch * steps + step + 1
         emit("train", position["done"], position["total"], epoch=epoch + 1, loss=ce.item())
@@ -251,9 +302,8 @@ def _evaluate(model, loader, accelerator, dataset, note) -> dict:
         logits_all.append(logits[good].float().cpu())
         labels_all.append(labels[good].cpu())
     logits, labels = torch.cat(logits_all), torch.cat(labels_all)
-    probs = logits.softmax(-1)[:, 1]
-    return {"auc": float(roc_auc_score(labels.numpy(), probs.numpy())),
-            "acc": float(((probs >= 0.5).long() == labels).float().mean()),
+    y, probs = labels.numpy(), logits.softmax(-1)[:, 1].numpy()
+    return {"auc": metrics.auc(y, probs), "acc": metrics.accuracy(y, probs),
             "loss": float(F.cross_entropy(logits, labels))}
 
 
