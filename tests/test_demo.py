@@ -10,7 +10,8 @@ from fakemerge.lab import generate as gen
 from fakemerge.lab import pretrain as pt
 from fakemerge.lab.families import FAMILIES, SEEN_FAMILIES
 
-ROW_KEYS = {"model", "kind", "method", "trained_on", "family", "seen", "auc", "ap", "eer", "acc", "video_auc"}
+ROW_KEYS = {"model", "kind", "method", "trained_on", "family", "seen", "auc", "ap", "eer", "acc", "acc_calibrated",
+            "video_auc"}
 
 
 @pytest.fixture()

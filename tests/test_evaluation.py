@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from transformers import CLIPVisionModel
 
 from fakemerge.cli import main
+from fakemerge.config import EvalOptions
 from fakemerge.data.formats import load_records
 from fakemerge.data.records import select
 from fakemerge.evaluation import metrics
@@ -39,7 +40,7 @@ def test_predict_streams_scores_equal_to_direct_forward(tiny_data, tmp_path):
     root, records = load_records(tiny_data)
     test = select(records, "test")
     seen = []
-    path = predict(det, root, test, batch_size=7, csv_path=tmp_path / "p.csv",
+    path = predict(det, root, test, tmp_path / "p.csv", options=EvalOptions(batch_size=7),
                    progress=lambda stage, done, total, **info: seen.append((done, total)))
     pred = read_predictions(path)
     assert len(pred["score"]) == len(test) and seen[-1] == (len(test), len(test))
@@ -56,25 +57,25 @@ def test_models_sharing_a_pass_score_as_they_would_alone(tiny_data, tmp_path):
     dets = [tiny_detector(seed) for seed in (0, 1, 2)]
     root, records = load_records(tiny_data)
     test = select(records, "test")
-    shared = predict(dets, root, test, batch_size=5, csv_path=[tmp_path / f"s{i}.csv" for i in range(3)])
+    shared = predict(dets, root, test, [tmp_path / f"s{i}.csv" for i in range(3)], options=EvalOptions(batch_size=5))
     for i, det in enumerate(dets):
-        alone = read_predictions(predict(det, root, test, batch_size=64, csv_path=tmp_path / f"a{i}.csv"))
+        alone = read_predictions(predict(det, root, test, tmp_path / f"a{i}.csv", options=EvalOptions(batch_size=64)))
         together = read_predictions(shared[i])
         assert together["path"].tolist() == alone["path"].tolist()
         np.testing.assert_allclose(together["score"], alone["score"], rtol=1e-4, atol=1e-6)
     assert not np.allclose(read_predictions(shared[0])["score"], read_predictions(shared[1])["score"])
-    reports = evaluate_many(dets, tiny_data, out_dirs=[tmp_path / "e0", tmp_path / "e1", tmp_path / "e2"],
-                            names=["m0", "m1", "m2"], models_per_pass=2, roc=False)
+    reports = evaluate_many(dets, tiny_data, [tmp_path / "e0", tmp_path / "e1", tmp_path / "e2"],
+                            names=["m0", "m1", "m2"], options=EvalOptions(models_per_pass=2, roc=False))
     assert [r["model"] for r in reports] == ["m0", "m1", "m2"]
     for i, report in enumerate(reports):
         pred = read_predictions(tmp_path / f"e{i}" / "predictions.csv")
         assert report["overall"]["auc"] == pytest.approx(roc_auc_score(pred["label"], pred["score"]))
     with pytest.raises(ValueError, match="3 detectors but 2 CSV paths"):
-        predict(dets, root, test, csv_path=[tmp_path / "x.csv", tmp_path / "y.csv"])
+        predict(dets, root, test, [tmp_path / "x.csv", tmp_path / "y.csv"])
 
 
 def test_evaluate_report_matches_sklearn_per_family(tiny_data, tmp_path):
-    report = evaluate(tiny_detector(), tiny_data, out_dir=tmp_path, video_agg="max", name="m")
+    report = evaluate(tiny_detector(), tiny_data, tmp_path, name="m", options=EvalOptions(video_agg="max"))
     pred = read_predictions(tmp_path / "predictions.csv")
     y, s, fam = pred["label"], pred["score"], pred["family"]
     assert report["overall"]["auc"] == pytest.approx(roc_auc_score(y, s))
@@ -99,7 +100,7 @@ def test_unreadable_and_missing_images_are_reported_not_dropped(tiny_data, tmp_p
     test = select(records, "test")
     (root / test[0].path).write_bytes(b"not a png")
     (root / test[1].path).unlink()
-    report = evaluate(tiny_detector(), data / tiny_data.name, out_dir=tmp_path / "out")
+    report = evaluate(tiny_detector(), data / tiny_data.name, tmp_path / "out")
     assert report["n_scored"] == len(test) - 2
     assert len(report["skipped"]) == 2
     assert any(test[0].path in line for line in report["skipped"])
@@ -109,13 +110,13 @@ def test_unreadable_and_missing_images_are_reported_not_dropped(tiny_data, tmp_p
 
 
 def test_family_filter_and_rows_schema(tiny_data, tmp_path):
-    report = evaluate(tiny_detector(), tiny_data, out_dir=tmp_path, families=["FR"])
+    report = evaluate(tiny_detector(), tiny_data, tmp_path, options=EvalOptions(families=["FR"]))
     assert list(report["families"]) == ["FR"]
     rows = family_rows(report, "spec", "specialist", "full", ["FR"], ["FS", "FR"])
     fr = report["families"]["FR"]
     assert rows == [{"model": "spec", "kind": "specialist", "method": "full", "trained_on": ["FR"],
                      "family": "FR", "seen": True, "auc": fr["auc"], "ap": fr["ap"], "eer": fr["eer"],
-                     "acc": fr["acc"], "video_auc": fr["video_auc"]}]
+                     "acc": fr["acc"], "acc_calibrated": None, "video_auc": fr["video_auc"]}]
 
 
 def test_results_table_and_heatmap(tmp_path):
@@ -142,7 +143,7 @@ def test_cli_eval_two_models(tiny_data, tmp_path, capsys):
     assert all(r["seen"] for r in rows)
     for name in ("spec_FS", "spec_FR"):
         assert (tmp_path / "out" / name / "report.json").exists()
-    assert (tmp_path / "out" / "heatmap.png").exists() and (tmp_path / "out" / "results.md").exists()
+    assert (tmp_path / "out" / "auc_heatmap.png").exists() and (tmp_path / "out" / "results.md").exists()
 
 
 def test_cli_eval_bad_input_exits_2(tiny_data, tmp_path):

@@ -9,14 +9,26 @@ lr by method when not given (full 3e-4, linear 1e-3, others as their method regi
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
 from fakemerge.data.options import DataOptions
 from fakemerge.errors import InputError
 from fakemerge.io import read_mapping
+
+
+def _at_least(low: int):
+    def check(v: int) -> int:
+        if v < low:
+            raise ValueError(f"must be >= {low}")
+        return v
+
+    return AfterValidator(check)
+
+
+Positive = Annotated[int, _at_least(1)]
 
 
 class TrainConfig(DataOptions):
@@ -30,8 +42,8 @@ class TrainConfig(DataOptions):
     out: str
     method: str = "full"
     method_options: dict[str, Any] = {}
-    epochs: int = 3
-    batch_size: int = 32
+    epochs: Positive = 3
+    batch_size: Positive = 32
     lr: float | None = None  # None: the method's default
     weight_decay: float = 0.0
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -43,7 +55,7 @@ class TrainConfig(DataOptions):
     # None: what `accelerate launch --mixed_precision` says, else "no". Weights, optimizer state, the loss and
     # the subspace methods' low-rank branch stay float32.
     mixed_precision: Literal["no", "bf16", "fp16"] | None = None
-    grad_accum: int = 1  # batches whose gradients add up to one optimizer step
+    grad_accum: Positive = 1  # batches whose gradients add up to one optimizer step
     val_split: str | None = "val"  # None: no validation, the last epoch is kept
     select_metric: Literal["auc", "acc", "loss"] = "auc"
     resume: bool = False
@@ -56,13 +68,6 @@ class TrainConfig(DataOptions):
             v = [f.strip() for f in v.split(",") if f.strip()]
         if not v:
             raise ValueError("at least one family is needed")
-        return v
-
-    @field_validator("epochs", "batch_size", "grad_accum")
-    @classmethod
-    def _positive(cls, v):
-        if v < 1:
-            raise ValueError("must be >= 1")
         return v
 
     def data_options(self) -> DataOptions:
@@ -83,6 +88,41 @@ class TrainConfig(DataOptions):
         if path is not None:
             write_text(path, text)
         return text
+
+
+class EvalOptions(BaseModel):
+    """How `fakemerge eval` / `evaluation.runner` evaluate a split: one object from the CLI (or a YAML file)
+    to the runner, instead of a dozen keyword arguments. How the datasets are read (root, compression, family
+    map, ...) is the other object, `DataOptions`, passed beside it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    split: str = "test"
+    families: list[str] | None = None  # fake families to include (None: all); reals are always included
+    video_agg: Literal["mean", "max", "topk"] = "mean"  # frame scores -> video score
+    k: Positive = 3  # frames averaged by video_agg topk
+    batch_size: Positive = 128  # per process
+    device: str | None = None  # None: this process's accelerator device (cuda:<local rank>, cuda, or cpu)
+    models_per_pass: Positive = 8  # models sharing one pass over the data (all held in memory)
+    num_workers: Annotated[int, _at_least(0)] | None = None  # loader workers; None: runner.loader_workers
+    roc: bool = True  # write roc.png per model
+    perturbations: list[str] = []  # robustness: `jpeg:50`, `blur` (its ladder), ... (evaluation.perturbations)
+    seed: int = 0  # seeds the random perturbations (noise, block) with each image's path
+
+    @field_validator("families", mode="before")
+    @classmethod
+    def _split_families(cls, v):
+        if isinstance(v, str):
+            v = [f.strip() for f in v.split(",") if f.strip()]
+        return v or None
+
+    @field_validator("perturbations", mode="before")
+    @classmethod
+    def _perturbations(cls, v):
+        """Canonical names (`jpeg:50`), ladders expanded; unknown or bad ones are errors here, not mid-run."""
+        from fakemerge.evaluation.perturbations import parse
+
+        return [p.name for p in parse(v or [])]
 
 
 def parse_assignments(pairs: list[str], source: str) -> dict[str, Any]:

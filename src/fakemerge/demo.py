@@ -173,12 +173,13 @@ def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, cache: str
 
 def _evaluate(models: list[tuple[str, Path, str, str | None, list[str]]], data: Path, split: str, out: Path,
               progress: Progress) -> list[dict]:
+    from fakemerge.config import EvalOptions
     from fakemerge.evaluation.runner import evaluate_many, family_rows
     from fakemerge.lab.families import SEEN_FAMILIES
 
-    reports = evaluate_many([m[1] for m in models], data, split=split, names=[m[0] for m in models],
-                            out_dirs=[out / "eval" / split / m[0] for m in models], models_per_pass=len(models),
-                            roc=split == "test", progress=progress)
+    options = EvalOptions(split=split, models_per_pass=len(models), roc=split == "test")
+    reports = evaluate_many([m[1] for m in models], data, [out / "eval" / split / m[0] for m in models],
+                            names=[m[0] for m in models], options=options, progress=progress)
     rows = []
     for (name, _, kind, method, trained_on), report in zip(models, reports, strict=True):
         rows += family_rows(report, name, kind, method, trained_on, SEEN_FAMILIES)

@@ -37,6 +37,7 @@ from fakemerge.models.detector import Detector
 from fakemerge.models.loading import load_detector
 from fakemerge.models.preprocessing import Preprocessing, to_input
 from fakemerge.progress import Progress, silent
+from fakemerge.sharding import Shards
 
 UNCALIBRATED_THRESHOLD = 0.5
 HEATMAP_SIZE = 256  # the crop shown under a Grad-CAM overlay
@@ -130,16 +131,39 @@ class _Unit:
 
 
 def detect(model: str | os.PathLike | Detector, inputs: Iterable[Source | tuple[str, bytes]],
-           options: DetectOptions | None = None, *, progress: Progress = silent) -> Iterator[DetectResult]:
-    """Score each input (files, folders, `(name, bytes)` uploads) in order; failures yield `error`."""
+           options: DetectOptions | None = None, *, progress: Progress = silent,
+           shards: Shards | None = None) -> Iterator[DetectResult]:
+    """Score each input (files, folders, `(name, bytes)` uploads) in order; failures yield `error`.
+
+    With `shards` of an `accelerate launch` (`Shards.current()`), each process scores its blocks of the
+    inputs on its own device, and the main process yields every result in input order (the others yield
+    nothing but must run the generator to its end)."""
     options = options or DetectOptions()
+    launched = shards is not None and shards.world > 1
+    if launched and options.device in (None, "cuda"):
+        options = options.model_copy(update={"device": str(shards.device)})  # each process on its own GPU
+    if launched and not shards.is_main:
+        progress = silent
     detector = _ready(model, options.device)
-    policy = options.crop_policy()
-    threshold = detector.threshold if detector.threshold is not None else UNCALIBRATED_THRESHOLD
     notes: list[str] = []
     items = find_media(inputs, folder_as_video=options.folder_as_video, notes=notes)
     for note in notes:
         progress("detect", 0, len(items), note=note)
+    if not launched:
+        yield from _detect_items(detector, items, options, progress)
+        return
+    chunk = options.batch_size
+    parts = (list(_detect_items(detector, [items[i] for i in block], options, silent))
+             for block in shards.blocks(len(items), chunk))
+    for step, results in enumerate(shards.gather(parts, len(items), chunk), 1):
+        yield from results
+        progress("detect", min(len(items), step * chunk * shards.world), len(items))
+
+
+def _detect_items(detector: Detector, items: list[Item], options: DetectOptions,
+                  progress: Progress) -> Iterator[DetectResult]:
+    policy = options.crop_policy()
+    threshold = detector.threshold if detector.threshold is not None else UNCALIBRATED_THRESHOLD
 
     def prepare(item: Item) -> list[_Unit]:
         return _prepare(item, options, policy, detector.preprocessing)

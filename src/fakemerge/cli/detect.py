@@ -3,6 +3,8 @@
 Every option is validated before the model is loaded (usage error, exit 2); exit 1 exactly when some input
 failed (each failure is a result with `error`); results go to stdout (bars and messages to stderr) or, with
 `-o FILE`, to a file written atomically. JSON: one `DetectResult.to_dict()` object per input per line.
+Under `accelerate launch [--num_processes N] -m fakemerge.cli detect ...` the inputs are shared out over the
+processes (`fakemerge.sharding`); the main process writes every result, in input order.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def detect_command(
 ) -> None:
     """Detect deepfakes in images, videos and folders."""
     from fakemerge.inference import DetectOptions, detect
+    from fakemerge.sharding import Shards
 
     given = dict(frames=frames, agg=agg, k=topk, face=face, no_face=no_face, min_face_score=min_face_score,
                  all_faces=all_faces, margin=margin, face_size=face_size, batch_size=batch_size,
@@ -63,12 +66,17 @@ def detect_command(
         raise InputError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if output != "-" and Path(output).is_dir():
         raise InputError(f"--output {output}: is a folder; give a file name")
+    shards = Shards.current()
+    if not shards.is_main:  # a launched helper process: scores its share, the main process writes
+        for _ in detect(model, inputs, options, shards=shards):
+            pass
+        return
     results = []
     with ui.bars() as progress, _sink(output) as out:
         writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore") if fmt == "csv" else None
         if writer:
             writer.writeheader()
-        for r in detect(model, inputs, options, progress=progress):
+        for r in detect(model, inputs, options, progress=progress, shards=shards):
             results.append(r)
             if fmt == "json":
                 out.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,14 +87,18 @@ DECODED = DecodedCache(int(float(os.environ.get("FAKEMERGE_DECODE_CACHE_MB", "10
 
 
 class ImageDataset(Dataset):
-    """Yields (pixels 3xSxS float32 made by the model's `prep`, label, index into `self.records`)."""
+    """Yields (pixels 3xSxS float32 made by the model's `prep`, label, index into `self.records`).
+
+    `perturb(image, key)`, when given, changes each decoded RGB image (key: its record path) before `prep`
+    (robustness evaluation; it must return a new array: decoded images may be shared read-only)."""
 
     def __init__(self, root: str | os.PathLike, records: list[Record], prep: Preprocessing, flip: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, perturb: Callable[[np.ndarray, str], np.ndarray] | None = None):
         self.root = Path(root)
         self.prep = prep
         self.flip = flip
         self.seed = seed
+        self.perturb = perturb
         self.epoch = 0
         self.skipped: list[str] = []
         self.records = []
@@ -122,6 +127,8 @@ class ImageDataset(Dataset):
             return torch.zeros(3, self.prep.size, self.prep.size), SKIPPED_LABEL, index
         if self.flip and _coin(self.seed, self.epoch, index):
             image = image[:, ::-1]
+        if self.perturb is not None:
+            image = self.perturb(image, record.path)
         return torch.from_numpy(to_input(image, self.prep)), record.label, index
 
     def note_skipped(self, indices) -> list[str]:

@@ -1,4 +1,5 @@
-"""Plots (matplotlib, Agg backend, written atomically): ROC curves and the model × family AUC heatmap."""
+"""Plots (matplotlib, Agg backend, written atomically): ROC curves, the model × family AUC heatmap, and AUC
+under perturbations."""
 
 from __future__ import annotations
 
@@ -53,4 +54,37 @@ def auc_heatmap(rows: Sequence[Mapping], path: str | os.PathLike, metric: str = 
             ax.text(j, i, "n/a" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax, label=metric.upper())
     ax.set_title(title or f"{metric.upper()} per model and family († unseen)")
+    save_figure(fig, path)
+
+
+def robustness_plot(report: dict, path: str | os.PathLike) -> None:
+    """AUC against severity, one panel per perturbation family (severities in the order evaluated): the
+    overall AUC in bold, each forgery family thin, the clean AUCs dashed."""
+    entries = report["robustness"]
+    kinds = list(dict.fromkeys(e["family"] for e in entries))
+    families = list(report["families"])
+    cols = min(4, len(kinds))
+    rows = math.ceil(len(kinds) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False, sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, kind in zip(axes.flat, kinds, strict=False):
+        mine = [e for e in entries if e["family"] == kind]
+        x = range(len(mine))
+        series = [("overall", [e["overall"]["auc"] for e in mine], report["overall"]["auc"])]
+        series += [(f, [e["families"].get(f, {}).get("auc") for e in mine], report["families"][f]["auc"])
+                   for f in families]
+        for j, (label, values, clean) in enumerate(series):
+            colour = colours[j % len(colours)]
+            ax.plot(x, [np.nan if v is None else v for v in values], marker="o", lw=2.2 if j == 0 else 1.0,
+                    color=colour, label=label)
+            if clean is not None and math.isfinite(clean):
+                ax.axhline(clean, color=colour, ls="--", lw=0.7)
+        ax.set_xticks(list(x), [f"{e['severity']:g}" for e in mine])
+        ax.set(title=kind, xlabel="severity", ylim=(0.0, 1.02))
+    for ax in axes.flat[len(kinds):]:
+        ax.set_visible(False)
+    axes[0, 0].set_ylabel("AUC")
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"{report.get('model', 'model')}: AUC under perturbations (dashed: clean)")
+    fig.tight_layout()
     save_figure(fig, path)
