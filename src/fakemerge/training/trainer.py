@@ -87,7 +87,7 @@ def train(config: TrainConfig, progress: Progress = silent) -> TrainResult:
         note(f"skipped: {message}", skipped=message)
     sampler = EpochShuffle(len(train_set), config.seed)
     workers = config.num_workers if config.num_workers is not None else (0 if accelerator.device.type == "cpu" else 2)
-    loader_args = dict(batch_size=config.batch_size, num_workers=workers)
+    loader_args = dict(batch_size=config.batch_size, num_workers=workers, pin_memory=accelerator.device.type == "cuda")
     train_loader = DataLoader(train_set, sampler=sampler, drop_last=len(train_set) > config.batch_size,
                               **loader_args)
     val_loader = DataLoader(val_set, **loader_args)
