@@ -35,6 +35,18 @@ def tiny_detector(seed=0) -> Detector:
     return det
 
 
+def save_calibrated_pair(directory) -> list:
+    """Two specialist files: spec_FS uncalibrated, spec_FR with a calibrated threshold of 0.001 (inside the
+    spread of its scores, so ACC there differs from ACC at 0.5)."""
+    paths = []
+    for i, (fam, threshold) in enumerate((("FS", None), ("FR", 0.001))):
+        det = tiny_detector(i)
+        det.threshold = threshold
+        paths.append(directory / f"spec_{fam}.safetensors")
+        save_detector(det, paths[-1], ModelMeta(kind="specialist", method="full", families=[fam]))
+    return paths
+
+
 def test_predict_streams_scores_equal_to_direct_forward(tiny_data, tmp_path):
     det = tiny_detector()
     root, records = load_records(tiny_data)

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
-from test_evaluation import tiny_detector
+from test_evaluation import save_calibrated_pair, tiny_detector
 
 from fakemerge.cli import main
 from fakemerge.config import EvalOptions
@@ -18,7 +18,6 @@ from fakemerge.data.records import select
 from fakemerge.errors import InputError
 from fakemerge.evaluation.perturbations import FAMILIES, Perturbation, parse
 from fakemerge.evaluation.runner import evaluate, read_predictions
-from fakemerge.models.detector import ModelMeta, save_detector
 from fakemerge.models.preprocessing import batch_inputs
 
 
@@ -84,13 +83,7 @@ def test_noise_and_blocks_are_seeded_by_image_key_and_seed():
 
 @pytest.fixture
 def two_models(tmp_path):
-    paths = []
-    for i, (fam, threshold) in enumerate((("FS", None), ("FR", 0.001))):
-        det = tiny_detector(i)
-        det.threshold = threshold
-        paths.append(tmp_path / f"spec_{fam}.safetensors")
-        save_detector(det, paths[-1], ModelMeta(kind="specialist", method="full", families=[fam]))
-    return paths
+    return save_calibrated_pair(tmp_path)
 
 
 def test_eval_reports_auc_per_perturbation_from_perturbed_images(tiny_data, tmp_path):

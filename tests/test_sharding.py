@@ -17,7 +17,6 @@ import torch
 from fakemerge.cli import main
 from fakemerge.data.formats import load_records
 from fakemerge.data.records import select
-from fakemerge.models.detector import ModelMeta, save_detector
 from fakemerge.sharding import Shards
 
 
@@ -74,7 +73,7 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_two_process_eval_and_detect_equal_one_process(tiny_data, tmp_path):
-    from test_evaluation import tiny_detector
+    from test_evaluation import save_calibrated_pair
 
     data = tmp_path / "data"
     shutil.copytree(tiny_data.parent, data)
@@ -82,12 +81,7 @@ def test_two_process_eval_and_detect_equal_one_process(tiny_data, tmp_path):
     test = select(records, "test")
     (root / test[3].path).write_bytes(b"not a png")  # unreadable: found by whichever process owns it
     (root / test[6].path).unlink()  # missing: known to every process up front
-    models = []
-    for i, (fam, threshold) in enumerate((("FS", None), ("FR", 0.001))):
-        det = tiny_detector(i)
-        det.threshold = threshold
-        models.append(tmp_path / f"spec_{fam}.safetensors")
-        save_detector(det, models[-1], ModelMeta(kind="specialist", method="full", families=[fam]))
+    models = save_calibrated_pair(tmp_path)
     args = [*map(str, models), "--data", str(data / tiny_data.name), "--batch-size", "5", "--perturb",
             "jpeg:50,noise:0.1", "--no-roc"]
     # detect over 9 dataset images (one unreadable, one missing) and an absent file: exit 1 from both, the same

@@ -62,20 +62,26 @@ def test_full_training_learns_and_selects_best_val_epoch(tiny_base, tiny_data, t
     assert backbone_hash(detector.backbone) != meta.base_hash
 
 
+class Killed(Exception):
+    """Stands for a crash mid-training."""
+
+
+def kill_after_epoch(epoch: int):
+    """A progress callback that crashes the training once `epoch` epochs are saved."""
+
+    def progress(stage, done, total, **info):
+        if stage == "epoch" and done == epoch:
+            raise Killed
+
+    return progress
+
+
 def test_resume_after_interruption_matches_uninterrupted_run(tiny_base, tiny_data, tmp_path):
     straight = tmp_path / "straight.safetensors"
     train(config(tiny_base, tiny_data, straight, epochs=3))
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_first_epoch(stage, done, total, **info):
-        if stage == "epoch" and done == 1:
-            raise Killed
-
     resumed = tmp_path / "resumed.safetensors"
     with pytest.raises(Killed):
-        train(config(tiny_base, tiny_data, resumed, epochs=3), progress=kill_after_first_epoch)
+        train(config(tiny_base, tiny_data, resumed, epochs=3), progress=kill_after_epoch(1))
     assert not resumed.exists() and (tmp_path / "resumed.ckpt" / "state.json").is_file()
     with pytest.raises(InputError, match="different settings"):
         train(config(tiny_base, tiny_data, resumed, epochs=3, lr=5e-4, resume=True))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_training import Killed, kill_after_epoch
 from torch import nn
 
 from fakemerge.config import TrainConfig
@@ -70,17 +71,10 @@ def test_bf16_autocast_trains_resumes_exactly_and_is_recorded(tiny_base, tiny_da
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the forward really ran in bf16
     assert all(v.dtype == torch.float32 for v in b.values())  # weights stay float32
 
-    class Killed(Exception):
-        pass
-
-    def kill(stage, done, total, **info):
-        if stage == "epoch" and done == 1:
-            raise Killed
-
     resumed = tmp_path / "resumed.safetensors"
     settings = dict(method="effort", lr=1e-2, epochs=2, mixed_precision="bf16")
     with pytest.raises(Killed):
-        train(config(tiny_base, tiny_data, resumed, **settings), progress=kill)
+        train(config(tiny_base, tiny_data, resumed, **settings), progress=kill_after_epoch(1))
     with pytest.raises(InputError, match="different settings"):  # the precision is part of the recipe
         train(config(tiny_base, tiny_data, resumed, **{**settings, "mixed_precision": "no"}, resume=True))
     train(config(tiny_base, tiny_data, resumed, **settings, resume=True))
