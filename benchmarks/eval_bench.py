@@ -7,10 +7,14 @@ memory: what evaluation would cost if decoding were free. Target (issue 13.7): p
 forward. Also timed alone: decoding + preprocessing (the dataset iterated without a model), so the table
 shows where the time goes. The in-process decoded-image cache is off (a real test set does not fit in it).
 
+`--device cuda` runs the forward on a GPU (the bare forward's batches already there; the pipeline's
+batches pinned and copied without blocking, decoding in the workers).
+
 Variants are timed in interleaved rounds (one pass of each per round, after a warm-up pass each), so a
 shared machine's load drifts hit all alike; ratios use each variant's best round (median also printed).
 
     python benchmarks/eval_bench.py --sizes tiny vitb16 --threads 2 --workers 0 1 2
+    python benchmarks/eval_bench.py --sizes vitb16 --device cuda --workers 0 4 8 --images 2048 --batch 128
 """
 
 from __future__ import annotations
@@ -60,11 +64,19 @@ def write_crops(directory: Path, n: int, size: int) -> list[Record]:
     return records
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bare_forward(detector: Detector, batches: list[torch.Tensor]) -> float:
+    device = batches[0].device
+    _sync(device)
     start = time.perf_counter()
     with torch.inference_mode():
         for x in batches:
-            detector.predict_proba(x)
+            detector.predict_proba(x).cpu()  # the scores come back, as in the pipeline
+    _sync(device)
     return time.perf_counter() - start
 
 
@@ -78,20 +90,22 @@ def decode_only(root: Path, records: list[Record], detector: Detector, batch: in
 
 
 def pipeline(root: Path, records: list[Record], detector: Detector, batch: int, workers: int, out: Path) -> float:
-    options = EvalOptions(batch_size=batch, num_workers=workers)
+    options = EvalOptions(batch_size=batch, num_workers=workers, device=str(next(detector.parameters()).device))
     start = time.perf_counter()
     predict(detector, root, records, out, options=options)
     return time.perf_counter() - start
 
 
-def bench_size(size: str, workers: list[int], rounds: int, tmp: Path) -> dict:
-    make_config, crop, n, batch = SIZES[size]
+def bench_size(size: str, workers: list[int], rounds: int, tmp: Path, device: torch.device,
+               images: int | None = None, batch: int | None = None) -> dict:
+    make_config, crop, n, default_batch = SIZES[size]
+    n, batch = images or n, batch or default_batch
     torch.manual_seed(0)
-    detector = Detector(CLIPVisionModel(make_config())).eval()
+    detector = Detector(CLIPVisionModel(make_config())).eval().to(device)
     root = tmp / size
     records = write_crops(root, n, crop)
     data = dataset_module.ImageDataset(root, records, detector.preprocessing)
-    tensors = [torch.stack([data[i][0] for i in range(s, min(s + batch, n))]) for s in range(0, n, batch)]
+    tensors = [torch.stack([data[i][0] for i in range(s, min(s + batch, n))]).to(device) for s in range(0, n, batch)]
     variants = {"bare forward": lambda: bare_forward(detector, tensors)}
     for w in workers:
         variants[f"decode only, {w} workers"] = lambda w=w: decode_only(root, records, detector, batch, w)
@@ -107,12 +121,13 @@ def bench_size(size: str, workers: list[int], rounds: int, tmp: Path) -> dict:
     ref = min(times["bare forward"])
     rows = [{"variant": k, "best_s": min(v), "median_s": statistics.median(v), "images_per_s": n / min(v),
              "vs_forward": ref / min(v)} for k, v in times.items()]
-    return {"size": size, "images": n, "crop": crop, "batch": batch, "rounds": rounds, "rows": rows}
+    return {"size": size, "images": n, "crop": crop, "batch": batch, "rounds": rounds, "device": str(device),
+            "rows": rows}
 
 
 def _print(result: dict) -> None:
-    print(f"\n## {result['size']}  ({result['images']} PNG crops of {result['crop']} px, batch {result['batch']}, "
-          f"{result['rounds']} rounds)")
+    print(f"\n## {result['size']} on {result['device']}  ({result['images']} PNG crops of {result['crop']} px, "
+          f"batch {result['batch']}, {result['rounds']} rounds)")
     print("| variant | pass (s, best) | median (s) | images/s | × bare forward |")
     print("|---|---:|---:|---:|---:|")
     for r in result["rows"]:
@@ -126,14 +141,20 @@ def main() -> None:
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--images", type=int, help="images per pass (default by size)")
+    parser.add_argument("--batch", type=int, help="batch size (default by size)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dataset_module.DECODED.max_bytes = 0  # decode every pass, as on a test set larger than the cache
-    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, "
-          f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f}")
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, {where}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
-        results = [bench_size(size, args.workers, args.rounds, Path(tmp)) for size in args.sizes]
+        results = [bench_size(size, args.workers, args.rounds, Path(tmp), device, args.images, args.batch)
+                   for size in args.sizes]
     for r in results:
         _print(r)
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")

@@ -145,3 +145,26 @@ def test_cli_flags_reach_the_recipe(tiny_base, tiny_data, tmp_path, capsys):
         main(["train", "--base", str(tiny_base), "--data", str(tiny_data), "--families", "FS", "-o", str(out),
               "--grad-accum", "0"])
     assert e.value.code == 2 and "grad_accum" in capsys.readouterr().err
+
+
+def test_checkpoint_from_before_mixed_precision_still_resumes(tiny_base, tiny_data, tmp_path):
+    import json
+
+    out = tmp_path / "old.safetensors"
+    with pytest.raises(Killed):
+        train(config(tiny_base, tiny_data, out, method="linear", epochs=2), progress=kill_after_epoch(1))
+    state_file = out.with_suffix(".ckpt") / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["recipe"]["mixed_precision"], state["recipe"]["grad_accum"]  # as an older version wrote it
+    state_file.write_text(json.dumps(state))
+    resumed = []
+    train(config(tiny_base, tiny_data, out, method="linear", epochs=2, resume=True),
+          progress=lambda stage, done, total, **info: resumed.append(info.get("resumed")))
+    assert 1 in resumed
+    with pytest.raises(Killed):
+        train(config(tiny_base, tiny_data, out, method="linear", epochs=2), progress=kill_after_epoch(1))
+    state = json.loads(state_file.read_text())
+    state["recipe"]["grad_accum"] = 2  # a real difference is still refused
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(InputError, match="different settings"):
+        train(config(tiny_base, tiny_data, out, method="linear", epochs=2, resume=True))

@@ -114,7 +114,9 @@ def train(config: TrainConfig, progress: Progress = silent) -> TrainResult:
     start = 0
     saved = checkpoint.load(ckpt) if config.resume else None
     if saved is not None:
-        if saved.state.get("recipe") != _jsonable(config.recipe()):
+        # Checkpoints made before mixed precision and accumulation existed trained with what are now defaults.
+        recipe = {"mixed_precision": "no", "grad_accum": 1, **saved.state.get("recipe", {})}
+        if recipe != _jsonable(config.recipe()):
             raise InputError(f"{ckpt}: checkpoint was made with different settings; "
                              "rerun without --resume to start over")
         _load_trainable(detector, saved.trainable)
