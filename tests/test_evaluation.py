@@ -162,3 +162,22 @@ def test_cli_eval_bad_input_exits_2(tiny_data, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["eval", str(tmp_path / "nope.safetensors"), "--data", str(tiny_data), "--out", str(tmp_path)])
     assert e.value.code == 2
+
+
+def test_cli_eval_settings_from_yaml_then_flags(tiny_data, tmp_path, capsys):
+    path = tmp_path / "m.safetensors"
+    save_detector(tiny_detector(), path, ModelMeta(kind="specialist", method="full", families=["FS"]))
+    settings = tmp_path / "eval.yaml"
+    settings.write_text("split: val\nvideo_agg: topk\nk: 2\nroc: false\n")
+    main(["eval", str(path), "--data", str(tiny_data), "--out", str(tmp_path / "a"), "--config", str(settings)])
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert (report["split"], report["video_agg"], report["topk"]) == ("val", "topk", 2)
+    assert not (tmp_path / "a" / "roc.png").exists()
+    main(["eval", str(path), "--data", str(tiny_data), "--out", str(tmp_path / "b"), "--config", str(settings),
+          "--split", "test", "--topk", "1"])
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert (report["split"], report["topk"]) == ("test", 1)
+    settings.write_text("split: val\nbatch: 3\n")
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(path), "--data", str(tiny_data), "--out", str(tmp_path / "c"), "--config", str(settings)])
+    assert e.value.code == 2 and "batch" in capsys.readouterr().err
