@@ -87,7 +87,7 @@ def test_two_process_eval_and_detect_equal_one_process(tiny_data, tmp_path):
     # detect over 9 dataset images (one unreadable, one missing) and an absent file: exit 1 from both, the same
     # results in the same order.
     inputs = [str(root / r.path) for r in test[:9]] + [str(tmp_path / "absent.png")]
-    detect = ["detect", str(models[0]), *inputs, "--batch-size", "2", "--json"]
+    detect = ["detect", str(models[0]), *inputs, "--batch-size", "2", "--format", "json", "-o"]
     main(["eval", *args, "--out", str(tmp_path / "one")])
     with pytest.raises(SystemExit) as e:
         main([*detect, str(tmp_path / "one.json")])
@@ -97,7 +97,7 @@ def test_two_process_eval_and_detect_equal_one_process(tiny_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Only the main process prints and writes; only it reports the failed inputs (exit 1).
     assert proc.stdout.count("wrote reports to") == 1 and proc.stdout.count("exit ") == 1
-    assert "exit 1" in proc.stdout and proc.stdout.count("P(fake)") == 1
+    assert "exit 1" in proc.stdout
     for name in ("spec_FS", "spec_FR"):
         one, two = tmp_path / "one" / name, tmp_path / "two" / name
         for csv_name in ("predictions.csv", "perturbed/jpeg_50.csv", "perturbed/noise_0.1.csv"):
@@ -113,7 +113,8 @@ def test_two_process_eval_and_detect_equal_one_process(tiny_data, tmp_path):
     assert json.loads((tmp_path / "two" / "results.json").read_text()) == \
         json.loads((tmp_path / "one" / "results.json").read_text())
 
-    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    one, two = ([json.loads(line) for line in (tmp_path / f"{n}.json").read_text().splitlines()]
+                for n in ("one", "two"))
     assert [r["input"] for r in two] == inputs == [r["input"] for r in one]
     ok = [True, True, True, False, True, True, False, True, True, False]  # unreadable, missing, absent
     assert [r["error"] is None for r in two] == [r["error"] is None for r in one] == ok
