@@ -73,15 +73,14 @@ def _sync(device: torch.device) -> None:
 
 
 class Setup:
-    """One method's model, optimizer and auxiliary loss at one precision, ready to step."""
+    """One method's model, optimizer and auxiliary loss, ready to step at any precision (the precisions share
+    the model: a step's cost does not depend on the weights' values, and one copy per method halves memory)."""
 
-    def __init__(self, name: str, base: Detector, precision: str, device: torch.device):
-        self.name, self.precision, self.device = name, precision, device
+    def __init__(self, name: str, base: Detector, device: torch.device):
+        self.name, self.device = name, device
         self.model = copy.deepcopy(base).to(device).train()
         self.reference = name == "frozen f+b"
-        dtype = PRECISIONS[precision]
-        self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-        self.peak_mb = None
+        self.peak_mb: dict[str, float] = {}
         if self.reference:
             prepared = methods.get("linear").fn(self.model, {}, [])
         else:
@@ -92,14 +91,15 @@ class Setup:
         self.optimizer = torch.optim.AdamW(prepared.params, lr=1e-4)
         self.trainable = sum(p.numel() for p in prepared.params)
 
-    def step(self, pixels: torch.Tensor, labels: torch.Tensor) -> float:
+    def step(self, pixels: torch.Tensor, labels: torch.Tensor, precision: str) -> float:
+        dtype = PRECISIONS[precision]
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         _sync(self.device)
         start = time.perf_counter()
         if self.reference:
             pixels = pixels.detach().requires_grad_()
-        with self.autocast():
+        with torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
             logits = self.model(pixels)
         loss = F.cross_entropy(logits.float(), labels)
         if self.aux is not None:
@@ -110,7 +110,8 @@ class Setup:
         _sync(self.device)
         elapsed = time.perf_counter() - start
         if self.device.type == "cuda":
-            self.peak_mb = max(self.peak_mb or 0.0, torch.cuda.max_memory_allocated(self.device) / 2**20)
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.peak_mb[precision] = max(self.peak_mb.get(precision, 0.0), peak)
         return elapsed
 
 
@@ -133,29 +134,32 @@ def bench_size(size: str, batch: int, rounds: int, infer_rounds: int, precisions
     labels = torch.arange(batch, device=device) % 2
 
     t0 = time.perf_counter()
-    setups = [Setup(name, base, precision, device) for precision in precisions
-              for name in ("frozen f+b", *METHODS)]
+    setups = [Setup(name, base, device) for name in ("frozen f+b", *METHODS)]
     setup_s = time.perf_counter() - t0
-    for s in setups:  # warm-up step
-        s.step(pixels, labels)
-    times: dict[tuple[str, str], list[float]] = {(s.name, s.precision): [] for s in setups}
+    for s in setups:  # warm-up step at each precision
+        for precision in precisions:
+            s.step(pixels, labels, precision)
+    times: dict[tuple[str, str], list[float]] = {(s.name, p): [] for p in precisions for s in setups}
     for _ in range(rounds):
-        for s in setups:
-            times[s.name, s.precision].append(s.step(pixels, labels))
+        for precision in precisions:
+            for s in setups:
+                times[s.name, precision].append(s.step(pixels, labels, precision))
     ref = min(times["frozen f+b", precisions[0]])
     rows = []
-    for s in setups:
-        best = min(times[s.name, s.precision])
-        own_fp32 = times.get((s.name, "fp32"))
-        rows.append({"method": s.name, "precision": s.precision, "step_s": best,
-                     "median_s": statistics.median(times[s.name, s.precision]), "ratio": best / ref,
-                     "vs_fp32": best / min(own_fp32) if own_fp32 else None, "peak_mb": s.peak_mb,
-                     "trainable": s.trainable, "trainable_percent": 100.0 * s.trainable / backbone_params})
+    for precision in precisions:
+        for s in setups:
+            best = min(times[s.name, precision])
+            own_fp32 = times.get((s.name, "fp32"))
+            rows.append({"method": s.name, "precision": precision, "step_s": best,
+                         "median_s": statistics.median(times[s.name, precision]), "ratio": best / ref,
+                         "vs_fp32": best / min(own_fp32) if own_fp32 else None,
+                         "peak_mb": s.peak_mb.get(precision), "trainable": s.trainable,
+                         "trainable_percent": 100.0 * s.trainable / backbone_params})
 
     # Inference: base vs densified specialists (interleaved rounds, medians), float32.
     dense = {}
     for s in setups:
-        if s.name in ("effort", "fmsd") and s.precision == precisions[0]:
+        if s.name in ("effort", "fmsd"):
             s.prepared.finalize(s.model)
             dense[s.name] = s.model.eval()
     base = base.to(device)
