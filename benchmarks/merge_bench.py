@@ -83,17 +83,15 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from fakemerge.merging.engine import merge_files
-    from fakemerge.merging.recipe import recipe_from_merged
+    from fakemerge.merging.engine import add_specialists, merge_files
+    from fakemerge.merging.recipe import Recipe
 
     start_rss = rss_mb()
     t0 = time.perf_counter()
     if args.add_from:
-        r = recipe_from_merged(args.add_from)
-        merge_files(r.method, r.base, [*r.models, *args.specs], args.out, params=r.parameters, head=r.head,
-                    expected_hashes=[*r.hashes, *[None] * len(args.specs)])
+        add_specialists(args.add_from, args.specs, args.out)
     else:
-        merge_files(args.method, args.base, args.specs, args.out, params=json.loads(args.params))
+        merge_files(Recipe(args.method, args.base, args.specs, json.loads(args.params)), args.out)
     seconds = time.perf_counter() - t0
     print(json.dumps({"seconds": seconds, "peak_rss_mb": rss_mb(), "start_rss_mb": start_rss}))
 

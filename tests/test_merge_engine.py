@@ -16,7 +16,7 @@ from fakemerge.io.safetensors import LazyState, SafetensorsWriter, save_tensors,
 from fakemerge.keys import PREFIX, canonical
 from fakemerge.merging import merge, resolve_params
 from fakemerge.merging.engine import merge_files, merge_heads
-from fakemerge.merging.recipe import recipe_from_merged
+from fakemerge.merging.recipe import Recipe, recipe_from_merged
 from fakemerge.merging.report import cosine_to_others, outlier_warnings
 from fakemerge.models.backbone import backbone_hash, backbone_state
 from fakemerge.models.detector import Detector, ModelMeta, read_meta, save_detector
@@ -64,6 +64,11 @@ def rewrite(src: Path, dst: Path, edit) -> Path:
         header = f.metadata()
     save_tensors(edit(dict(tensors)), dst, header)
     return dst
+
+
+def merge_to(method: str, base, specialists, out: Path, params: dict | None = None, **options):
+    """merge_files of a recipe made from these arguments."""
+    return merge_files(Recipe(method, str(base), [str(p) for p in specialists], dict(params or {})), out, **options)
 
 
 def backbone_of(path: Path) -> dict[str, torch.Tensor]:
@@ -121,7 +126,7 @@ def test_writer_refuses_missing_and_misshapen_tensors(tmp_path):
 )
 def test_streamed_merge_equals_in_memory_merge(tiny_base, specs, tmp_path, method, params):
     out = tmp_path / "merged.safetensors"
-    result = merge_files(method, tiny_base, specs, out, params=params)
+    result = merge_to(method, tiny_base, specs, out, params)
     model, _ = load_base(tiny_base)
     expected = merge(method, backbone_state(model), [backbone_of(p) for p in specs], **params)
     got = backbone_of(out)
@@ -144,7 +149,8 @@ def test_streamed_merge_equals_in_memory_merge(tiny_base, specs, tmp_path, metho
 
 def test_stored_recipe_round_trips(tiny_base, specs, tmp_path):
     out = tmp_path / "sub" / "merged.safetensors"
-    merge_files("task_arithmetic", tiny_base, specs[:2], out, params={"scaling": 0.4}, head="norm_matched")
+    recipe = Recipe("task_arithmetic", str(tiny_base), [str(p) for p in specs[:2]], {"scaling": 0.4}, "norm_matched")
+    merge_files(recipe, out)
     recipe = recipe_from_merged(out)
     assert recipe.method == "task_arithmetic" and recipe.head == "norm_matched"
     assert recipe.parameters == {"scaling": 0.4}
@@ -207,7 +213,7 @@ def test_bad_specialist_is_refused_naming_file_and_tensor(tiny_base, specs, tmp_
     bad, message = bad_inputs(specs[1], tmp_path)[case]
     out = tmp_path / "out" / "merged.safetensors"
     with pytest.raises(InputError, match=message) as e:
-        merge_files("average", tiny_base, [specs[0], bad], out)
+        merge_to("average", tiny_base, [specs[0], bad], out)
     assert str(bad) in str(e.value) and "\n" not in str(e.value)
     assert not out.parent.exists() or not list(out.parent.iterdir())
 
@@ -219,17 +225,16 @@ def test_other_base_refused_unless_forced(tiny_base, specs, tmp_path):
     save_tensors(load_file(str(other)), other, meta.to_header())
     out = tmp_path / "merged.safetensors"
     with pytest.raises(InputError, match="different base"):
-        merge_files("average", tiny_base, [specs[0], other], out)
+        merge_to("average", tiny_base, [specs[0], other], out)
     assert not out.exists()
-    merge_files("average", tiny_base, [specs[0], other], out, force=True)
+    merge_to("average", tiny_base, [specs[0], other], out, force=True)
     assert out.exists()
 
 
 def test_changed_model_refused_against_expected_hash(tiny_base, specs, tmp_path):
     with pytest.raises(InputError, match="content changed"):
-        merge_files(
-            "average", tiny_base, specs[:2], tmp_path / "m.safetensors", expected_hashes=["1" * 64, None]
-        )
+        merge_files(Recipe("average", str(tiny_base), [str(p) for p in specs[:2]], hashes=["1" * 64, None]),
+                    tmp_path / "m.safetensors")
 
 
 def test_crash_mid_merge_leaves_no_file(tiny_base, specs, tmp_path, monkeypatch):
@@ -245,7 +250,7 @@ def test_crash_mid_merge_leaves_no_file(tiny_base, specs, tmp_path, monkeypatch)
 
     monkeypatch.setattr(merging, "merge_iter", crashing)
     with pytest.raises(RuntimeError, match="boom"):
-        merge_files("average", tiny_base, specs, tmp_path / "m.safetensors")
+        merge_to("average", tiny_base, specs, tmp_path / "m.safetensors")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -276,9 +281,7 @@ def test_report_and_poisoned_specialist_warning(tiny_base, specs, tmp_path):
     poisoned = make_specialist(
         tiny_base, tmp_path / "poison.safetensors", 9, "FE", direction={k: -20 * v for k, v in tau.items()}
     )
-    result = merge_files(
-        "r2m", tiny_base, [*specs, poisoned], tmp_path / "m.safetensors", report_dir=tmp_path / "rep"
-    )
+    result = merge_to("r2m", tiny_base, [*specs, poisoned], tmp_path / "m.safetensors", report_dir=tmp_path / "rep")
     assert any(w.startswith(str(poisoned)) for w in result.warnings)
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["warnings"] == result.warnings and len(report["task_cosine"]) == 4
@@ -310,8 +313,8 @@ def test_canonical_spelling_of_base_file(tiny_base, specs, tmp_path):
     model, _ = load_base(tiny_base)
     base_file = tmp_path / "base.safetensors"
     save_detector(Detector(model), base_file, ModelMeta(kind="base", base_id=str(tiny_base)))
-    a = merge_files("average", base_file, specs[:2], tmp_path / "a.safetensors")
-    b = merge_files("average", tiny_base, specs[:2], tmp_path / "b.safetensors")
+    a = merge_to("average", base_file, specs[:2], tmp_path / "a.safetensors")
+    b = merge_to("average", tiny_base, specs[:2], tmp_path / "b.safetensors")
     assert a.meta.base_hash == b.meta.base_hash
     assert canonical(backbone_of(a.out)).keys() == backbone_of(b.out).keys()
 
@@ -333,9 +336,7 @@ def test_recipe_file_errors(tmp_path):
 
 def test_progress_reports_both_stages(tiny_base, specs, tmp_path):
     calls = []
-    merge_files(
-        "average", tiny_base, specs[:2], tmp_path / "m.safetensors", progress=lambda *a: calls.append(a)
-    )
+    merge_to("average", tiny_base, specs[:2], tmp_path / "m.safetensors", progress=lambda *a, **_: calls.append(a))
     n = len(LazyState(tiny_base))
     assert calls[0] == ("scan", 1, n) and ("scan", n, n) in calls and calls[-1] == ("merge", n, n)
 
@@ -343,9 +344,9 @@ def test_progress_reports_both_stages(tiny_base, specs, tmp_path):
 def test_add_specialists_rebuilds_the_stored_recipe_plus_the_new_one(tiny_base, specs, tmp_path):
     from fakemerge.merging.engine import add_specialists
 
-    two = merge_files("r2m", tiny_base, specs[:2], tmp_path / "two.safetensors", params={"alpha": 0.4}).out
+    two = merge_to("r2m", tiny_base, specs[:2], tmp_path / "two.safetensors", {"alpha": 0.4}).out
     added = add_specialists(two, [specs[2]], tmp_path / "added.safetensors")
-    direct = merge_files("r2m", tiny_base, specs, tmp_path / "direct.safetensors", params={"alpha": 0.4})
+    direct = merge_to("r2m", tiny_base, specs, tmp_path / "direct.safetensors", {"alpha": 0.4})
     ta, td = load_file(str(added.out)), load_file(str(direct.out))
     assert ta.keys() == td.keys() and all(torch.equal(ta[k], td[k]) for k in ta)
     assert added.meta.recipe["parameters"]["alpha"] == 0.4 and len(added.meta.recipe["models"]) == 3

@@ -9,7 +9,7 @@ import torch
 
 from fakemerge.errors import InputError
 from fakemerge.merging import METHODS, merge, merge_iter, method_defaults
-from fakemerge.merging.methods import kth_smallest
+from fakemerge.merging.elementwise import kth_smallest
 
 FC = "encoder.layers.0.mlp.fc1.weight"
 BIAS = "encoder.layers.0.mlp.fc1.bias"
@@ -238,8 +238,9 @@ def test_diagnostics_hold_task_norms_and_cosines():
     base = {"w": torch.zeros(2)}
     specs = [{"w": torch.tensor(v)} for v in ([3.0, 4.0], [-4.0, 3.0], [6.0, 8.0])]
     for method in METHODS:
-        d: dict = {}
-        merge(method, base, specs, diagnostics=d)
+        run = merge_iter(method, base, specs)
+        dict(run)
+        d = run.diagnostics
         assert d["task_norms"] == pytest.approx([5.0, 5.0, 10.0])
         cosine = [c for row in d["task_cosine"] for c in row]
         assert cosine == pytest.approx([1, 0, 1, 0, 1, 0, 1, 0, 1], abs=1e-9)

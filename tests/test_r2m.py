@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fakemerge.keys import is_bias_or_norm, is_linear_weight
-from fakemerge.merging import merge, r2m
-from fakemerge.merging.svd_methods import truncated_svd
+from fakemerge.merging import merge, merge_iter, r2m
+from fakemerge.merging.lowrank import truncated_svd
 
 SHAPES = {
     "embeddings.class_embedding": (6,),
@@ -21,6 +21,12 @@ SHAPES = {
     "encoder.layers.0.mlp.fc1.weight": (12, 6),
     "encoder.layers.0.mlp.fc2.weight": (6, 12),
 }
+
+
+def merged(*args, **params) -> tuple[dict, dict]:
+    """The merge and its diagnostics."""
+    run = merge_iter(*args, **params)
+    return dict(run), run.diagnostics
 
 
 def models(n: int, seed: int = 0, shared: float = 0.0, dtype=torch.float64, noise: float = 0.1):
@@ -92,8 +98,7 @@ def test_matches_the_dense_spec_for_every_option(options):
     base, specs, _ = models(4, shared=1.0)
     for k, rank_ratio in ((1, 0.2), (2, 0.5)):
         expected = reference(base, specs, k=k, rank_ratio=rank_ratio, **options)
-        diagnostics: dict = {}
-        out = merge("r2m", base, specs, k=k, rank_ratio=rank_ratio, diagnostics=diagnostics, **options)
+        out = merge("r2m", base, specs, k=k, rank_ratio=rank_ratio, **options)
         for key in base:
             update = (expected[key] - base[key]).norm()
             assert float((out[key] - expected[key]).norm() / update) < 1e-8, key
@@ -165,19 +170,17 @@ def test_auto_rank_keeps_the_requested_energy():
     spectrum = torch.tensor([3.0, 2.0, 1.0, 0.5])  # energies 9, 4, 1, .25 of 14.25
     assert [r2m._energy_rank(spectrum, e) for e in (0.5, 0.9, 0.95, 1.0)] == [1, 2, 3, 4]
     base, specs, _ = models(3, shared=1.0)
-    d: dict = {}
-    auto = merge("r2m", base, specs, rank_ratio="auto", energy=1.0, diagnostics=d)
+    auto, d = merged("r2m", base, specs, rank_ratio="auto", energy=1.0)
     full = merge("r2m", base, specs, rank_ratio=1.0)
     assert all(torch.allclose(auto[key], full[key], atol=1e-10) for key in base)
     assert d["r2m_residual_ranks"]["encoder.layers.0.mlp.fc1.weight"] == [6, 6, 6]
-    merge("r2m", base, specs, rank_ratio="auto", energy=0.5, diagnostics=d)
+    _, d = merged("r2m", base, specs, rank_ratio="auto", energy=0.5)
     assert all(1 <= r < 6 for ranks in d["r2m_residual_ranks"].values() for r in ranks)
 
 
 def test_diagnostics_report_the_core_and_residual():
     base, specs, _ = models(3, shared=1.0)
-    d: dict = {}
-    merge("r2m", base, specs, eta="relative", alpha=0.5, diagnostics=d)
+    _, d = merged("r2m", base, specs, eta="relative", alpha=0.5)
     assert len(d["r2m_eigenvalues"]) == 3 and d["r2m_eigenvalues"][0] >= d["r2m_eigenvalues"][1] >= 0
     assert d["r2m_eta"] == pytest.approx(0.5 * d["r2m_core_norm"] / d["r2m_residual_norm"])
     assert all(e >= 0 for e in d["r2m_core_energy"].values())

@@ -13,24 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fakemerge.io import write_json, write_text
-from fakemerge.merging import method_defaults
+from fakemerge.merging import METHODS, method_defaults
 from fakemerge.progress import Progress, silent, within
 
 Log = Callable[[str], None]
 
-# Merges the demo builds from the seen-family specialists: (name, method, params); r2m uses the library's
-# defaults.
-MERGES: list[tuple[str, str, dict]] = [
-    ("average", "average", {}),
-    ("task_arithmetic", "task_arithmetic", {}),
-    ("ties", "ties", {}),
-    ("dare", "dare", {}),
-    ("tsv", "tsv", {}),
-    ("iso_c", "iso_c", {}),
-    ("iso_cts", "iso_cts", {}),
-    ("cart", "cart", {}),
-    ("r2m", "r2m", {}),
-]
+# Merges the demo builds from the seen-family specialists: (name, method, params), every registered method at
+# its defaults.
+MERGES: list[tuple[str, str, dict]] = [(name, name, {}) for name in METHODS]
 
 # The open choices of specs/r2m.md, then its grid for the rank ratio r and residual scale α (full scale
 # only; ranked on validation).
@@ -201,6 +191,7 @@ def _merge_all(base: str, specialists: list[Path], out_dir: Path, prefix: str, c
                progress: Progress) -> list[tuple[str, Path, str]]:
     """Every merge of the seen-family specialists, then the composability experiment (3 families + FE)."""
     from fakemerge.merging.engine import add_specialists, merge_files
+    from fakemerge.merging.recipe import Recipe
 
     done = []
     options = R2M_OPTIONS if cfg.r2m_options and not prefix else []
@@ -208,12 +199,13 @@ def _merge_all(base: str, specialists: list[Path], out_dir: Path, prefix: str, c
     with timer.stage(f"merge {prefix or 'full-'}specialists"):
         for name, method, params in plan + options:
             path = out_dir / f"merged-{prefix}{name}.safetensors"
-            merge_files(method, base, specialists, path, params=params, progress=within(progress, f"merge {name}"))
+            merge_files(Recipe(method, base, list(map(str, specialists)), params), path,
+                        progress=within(progress, f"merge {name}"))
             done.append((prefix + name, path, method))
     with timer.stage(f"composable re-merge of {prefix or 'full-'}specialists (FS,FR,EFS then --add FE)"):
         three = [p for p in specialists if not p.stem.endswith("FE")]
         first = out_dir / f"merged-{prefix}r2m-3fam.safetensors"
-        merge_files("r2m", base, three, first, params={})
+        merge_files(Recipe("r2m", base, list(map(str, three))), first)
         added = out_dir / f"merged-{prefix}r2m-3fam+FE.safetensors"
         add_specialists(first, [p for p in specialists if p.stem.endswith("FE")], added)
         done += [(f"{prefix}r2m(FS,FR,EFS)", first, "r2m"), (f"{prefix}r2m(FS,FR,EFS)+FE", added, "r2m")]

@@ -15,43 +15,12 @@ import typer
 from rich.table import Table
 
 from fakemerge.cli import ui
-from fakemerge.errors import InputError
-
-
-def build_recipe(inputs: list[str], method: str | None, base: str | None, add: list[str],
-                 from_: Path | None, params: dict, head: str | None, out: Path | None):
-    """One Recipe from whichever form the command line used."""
-    from fakemerge.merging.recipe import Recipe, load_recipe, recipe_from_merged
-
-    new = [*add, *inputs]
-    if from_ is not None:
-        if not new:
-            raise InputError(f"--from {from_}: name the new specialist(s) with --add NEW")
-        recipe = recipe_from_merged(from_)
-    elif len(inputs) == 1 and Path(inputs[0]).suffix in (".yaml", ".yml"):
-        recipe, new = load_recipe(inputs[0]), list(add)
-    else:
-        if not (method and base and new):
-            raise InputError("merge: give --method, --base and specialist files, a recipe .yaml, "
-                             "or --add NEW --from MERGED")
-        recipe = Recipe(method=method, base=base, models=[])
-    if method and method != recipe.method:
-        recipe.method, recipe.parameters = method, {}  # stored parameters belong to the old method
-    if base and from_ is None:
-        recipe.base = base
-    recipe.add(new, str(from_) if from_ else "this merge")
-    recipe.parameters = {**recipe.parameters, **params}
-    recipe.head = head or recipe.head
-    recipe.out = str(out) if out else recipe.out
-    if not recipe.out:
-        raise InputError("merge: no output file (give -o OUT.safetensors or 'out:' in the recipe)")
-    return recipe
+from fakemerge.merging import METHODS
 
 
 def merge_command(
     inputs: list[str] = typer.Argument(None, help="Specialist .safetensors files, or one recipe .yaml."),
-    method: str = typer.Option(None, "--method", "-m", help="average | task_arithmetic | ties | dare | tsv | "
-                               "iso_c | iso_cts | cart | r2m"),
+    method: str = typer.Option(None, "--method", "-m", help=" | ".join(METHODS)),
     base: str = typer.Option(None, "--base", help="Base model: fakemerge file, HF directory or HF id."),
     out: Path = typer.Option(None, "--out", "-o", help="Output .safetensors file."),
     set_: list[str] = typer.Option(None, "--set", help="Method parameter key=value (repeatable)."),
@@ -64,14 +33,13 @@ def merge_command(
     """Merge specialists fine-tuned from one base into one detector (streamed: low memory)."""
     from fakemerge.config import parse_assignments
     from fakemerge.merging.engine import merge_files
+    from fakemerge.merging.recipe import recipe_from_args
 
     params = parse_assignments(list(set_ or []), "--set")
-    recipe = build_recipe(list(inputs or []), method, base, list(add or []), from_, params, head, out)
+    recipe = recipe_from_args(list(inputs or []), method, base, list(add or []), from_, params, head, out)
     start = time.perf_counter()
     with ui.bars() as progress:
-        result = merge_files(recipe.method, recipe.base, recipe.models, recipe.out, params=recipe.parameters,
-                             head=recipe.head, report_dir=report, force=force, expected_hashes=recipe.hashes,
-                             progress=progress)
+        result = merge_files(recipe, report_dir=report, force=force, progress=progress)
     seconds = time.perf_counter() - start
     meta = result.meta
     shown = ", ".join(f"{k}={v}" for k, v in meta.recipe["parameters"].items()) or "none"

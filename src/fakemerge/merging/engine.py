@@ -1,4 +1,4 @@
-"""`merge_files`: specialist files in, one merged detector file out — validated, streamed, atomic.
+"""`merge_files`: a recipe's specialist files in, one merged detector file out — validated, streamed, atomic.
 
 Order of work: open everything lazily and check keys/shapes/dtypes/heads from the headers (cheap); one scan
 pass over all tensors (NaN/Inf, content hashes); refuse a specialist of another base (unless `force`);
@@ -24,8 +24,8 @@ from fakemerge.errors import InputError
 from fakemerge.io import atomic_path
 from fakemerge.io.safetensors import LazyState, SafetensorsWriter
 from fakemerge.keys import HEAD_KEYS
-from fakemerge.merging.recipe import portable
-from fakemerge.merging.report import jsonable, outlier_warnings, write_report
+from fakemerge.merging.recipe import Recipe, portable, recipe_from_merged
+from fakemerge.merging.report import jsonable, outlier_warnings, write_merge_report
 from fakemerge.merging.scan import scan_inputs
 from fakemerge.models.detector import ModelMeta, read_meta
 from fakemerge.models.loading import open_source
@@ -108,31 +108,28 @@ class MergeResult:
     report_files: list[Path] = field(default_factory=list)
 
 
-def _gram(norms: list[float], cosine: list[list[float]]) -> torch.Tensor:
-    n = torch.tensor(norms, dtype=torch.float64)
-    return torch.tensor(cosine, dtype=torch.float64) * n[:, None] * n[None, :]
-
-
-def merge_files(method: str, base: str | os.PathLike, specialists: list[str | os.PathLike],
-                out: str | os.PathLike, *, params: dict | None = None, head: str = "average",
+def merge_files(recipe: Recipe, out: str | os.PathLike | None = None, *,
                 report_dir: str | os.PathLike | None = None, force: bool = False,
-                expected_hashes: list[str | None] | None = None,
                 progress: Progress = silent) -> MergeResult:
-    """Merge specialist files into one detector file; peak memory ≈ one tensor per input + the method's needs.
+    """Merge the recipe's specialist files into one detector file (`out`, else `recipe.out`); peak memory ≈
+    one tensor per input + the method's needs.
 
-    `expected_hashes` (from a stored recipe) must equal each specialist's content hash unless `force`;
-    `force` also accepts specialists whose recorded base hash differs from the base's.
+    `recipe.hashes` (from a stored recipe) must equal each specialist's content hash unless `force`; `force`
+    also accepts specialists whose recorded base hash differs from the base's.
     """
     from fakemerge.merging import merge_iter, resolve_params
 
-    if not specialists:
+    if not recipe.models:
         raise InputError("merge: no specialist models given")
-    if head not in HEAD_MODES:
-        raise InputError(f"head={head}: unknown head merge (choose from {', '.join(HEAD_MODES)})")
-    full_params = resolve_params(method, dict(params or {}))
-    out = Path(out)
+    if recipe.head not in HEAD_MODES:
+        raise InputError(f"head={recipe.head}: unknown head merge (choose from {', '.join(HEAD_MODES)})")
+    if out is None and recipe.out is None:
+        raise InputError("merge: no output file given")
+    full_params = resolve_params(recipe.method, recipe.parameters)
+    out = Path(out if out is not None else recipe.out)
+    specialists = recipe.models
     names = [str(p) for p in specialists]
-    b = open_base(base)
+    b = open_base(recipe.base)
     layout = b.layout()
     opened = [open_specialist(p, layout) for p in specialists]
     states, metas, heads = (list(x) for x in zip(*opened, strict=True))
@@ -149,36 +146,35 @@ def merge_files(method: str, base: str | os.PathLike, specialists: list[str | os
             why = "records no base hash" if meta.base_hash is None else "was fine-tuned from a different base"
             raise InputError(f"{name}: {why} (base content hash {scan.base_hash[:12]}…; "
                              "--force to merge anyway)")
-    for name, want, got in zip(names, expected_hashes or [None] * len(names), scan.hashes, strict=True):
+    expected = recipe.hashes or [None] * len(names)
+    for name, want, got in zip(names, expected, scan.hashes, strict=True):
         if want is not None and want != got and not force:
             raise InputError(f"{name}: content changed since the recipe was recorded (sha256 {got[:12]}… ≠ "
                              f"{want[:12]}…; --force to merge anyway)")
     families = list(dict.fromkeys(f for m in metas for f in m.families))
-    recipe = {"method": method, "base": portable(base, out.parent),
+    stored = {"method": recipe.method, "base": portable(recipe.base, out.parent),
               "models": [{"model": portable(p, out.parent), "sha256": h, "families": m.families}
                          for p, h, m in zip(specialists, scan.hashes, metas, strict=True)],
-              "parameters": full_params, "head": head}
-    meta = ModelMeta(kind="merged", method=method, families=families, base_id=b.id, base_hash=scan.base_hash,
-                     backbone_config=b.config, recipe=recipe, preprocessing=preprocessing.to_dict())
-    diagnostics: dict = {}
+              "parameters": full_params, "head": recipe.head}
+    meta = ModelMeta(kind="merged", method=recipe.method, families=families, base_id=b.id,
+                     base_hash=scan.base_hash, backbone_config=b.config, recipe=stored,
+                     preprocessing=preprocessing.to_dict())
     out_layout = {**layout, **{k: (heads[0][k].dtype, tuple(heads[0][k].shape)) for k in HEAD_KEYS}}
     with atomic_path(out) as tmp, SafetensorsWriter(tmp, out_layout, meta.to_header()) as writer:
-        for done, (key, tensor) in enumerate(merge_iter(method, b.state, states, diagnostics=diagnostics,
-                                                        **full_params)):
+        run = merge_iter(recipe.method, b.state, states, progress=progress, **full_params)
+        for key, tensor in run:
             writer.write(key, tensor)
-            progress("merge", done + 1, len(layout))
-        for k, v in merge_heads(heads, head).items():
+        for k, v in merge_heads(heads, recipe.head).items():
             writer.write(k, v)
-        diagnostics = jsonable(diagnostics)
-        norms, cosine = diagnostics.get("task_norms", []), diagnostics.get("task_cosine", [])
-        warnings = outlier_warnings(names, _gram(norms, cosine)) if norms else []
-        meta.extra = {"task_norms": norms, "task_cosine": cosine, "warnings": warnings,
-                      "diagnostics": diagnostics}
+        diagnostics = jsonable(run.diagnostics)
+        warnings = outlier_warnings(names, run.gram)
+        meta.extra = {"task_norms": diagnostics["task_norms"], "task_cosine": diagnostics["task_cosine"],
+                      "warnings": warnings, "diagnostics": diagnostics}
         writer.close(meta.to_header())
 
-    result = MergeResult(out, meta, norms, cosine, diagnostics, warnings)
+    result = MergeResult(out, meta, diagnostics["task_norms"], diagnostics["task_cosine"], diagnostics, warnings)
     if report_dir is not None:
-        result.report_files = write_report(report_dir, result, names)
+        result.report_files = write_merge_report(report_dir, result, names)
     return result
 
 
@@ -189,10 +185,6 @@ def add_specialists(merged: str | os.PathLike, new: list[str | os.PathLike], out
 
     Old specialists are never retrained; their recorded content hashes must still match unless `force`.
     """
-    from fakemerge.merging.recipe import recipe_from_merged
-
     recipe = recipe_from_merged(merged)
     recipe.add(new, f"the merge {merged}")
-    return merge_files(recipe.method, recipe.base, recipe.models, out, params=recipe.parameters,
-                       head=recipe.head, report_dir=report_dir, force=force, expected_hashes=recipe.hashes,
-                       progress=progress)
+    return merge_files(recipe, out, report_dir=report_dir, force=force, progress=progress)

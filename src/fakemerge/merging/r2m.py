@@ -1,4 +1,4 @@
-"""R²M — Real-aware Residual Model Merging (Park et al., arXiv 2509.24367; see specs/r2m.md).
+"""R²M — Real-aware Residual Model Merging (Park et al., arXiv 2509.24367).
 
 θ* = θ0 + τ_core + η · τ_res, where
 - τ_core projects the mean task vector on the top-k right singular vectors of the N×D task matrix M (the
@@ -16,28 +16,31 @@
 - η = α‖τ_core‖ (`eta="script"`, the authors' script) or α‖τ_core‖/‖τ_res‖ (`"relative"`: the residual gets
   α times the core's norm).
 
-Defaults (k=1, rank_ratio=0.1, alpha=0.6, center=False, block_norm="none", residual="subtract",
-eta="script") are provisional: the benchmark chooses them. Passes: (1) per-tensor Grams (each key's N×N
-product in the compute dtype, summed in float64); (2) truncated residuals → their N×N Gram, taken from the
-low-rank factors without forming m × n products (the factors are cached while they fit in
-FACTOR_CACHE_LIMIT × one model's bytes, else recomputed identically in pass 3 from the same seeds); (3) the
-merge: per key one combination of the τj plus one product of the concatenated, weighted factors. Memory:
-base + N tensors of one key + the factor cache. Exact SVD for small matrices, seeded randomized SVD when
-rank ≪ min(m, n) (within 1 % of the exact truncation error; see `truncated_svd`). The SVDs are ~90 % of the
-time: 4 power iterations are what the 1 % bound needs on flat spectra.
+Passes: (1) the driver's per-tensor Grams (each key's N×N product in the compute dtype, kept in float64);
+(2) truncated residuals → their N×N Gram, taken from the low-rank factors without forming m × n products (the
+factors are cached while they fit in FACTOR_CACHE_LIMIT × one model's bytes, else recomputed identically in
+pass 3 from the same seeds); (3) the merge: per key one combination of the τj plus one product of the
+concatenated, weighted factors. Memory: base + N tensors of one key + the factor cache. Exact SVD for small
+matrices, seeded randomized SVD when rank ≪ min(m, n) (within 1 % of the exact truncation error; see
+`lowrank.truncated_svd`). The SVDs are ~90 % of the time: 4 power iterations are what the 1 % bound needs on
+flat spectra.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fakemerge.keys import is_bias_or_norm, is_linear_weight
-from fakemerge.merging.methods import Merged, dare_seed
+from fakemerge.merging.lowrank import task_seed, truncated_svd, truncation_rank
+from fakemerge.merging.registry import Plan, choice, flag, integer, merge_method, number
 from fakemerge.merging.streams import TaskStream
-from fakemerge.merging.svd_methods import truncated_svd, truncation_rank
 
 FACTOR_CACHE_LIMIT = 1.0  # cache residual factors up to this fraction of one model's bytes
 ZERO_RESIDUAL = 1e-6  # a residual below this fraction of its task vector's norm is rounding noise: weight 0
+
+Factors = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def _core_coefficients(grams: dict[str, torch.Tensor], sizes: dict[str, int], n: int, k: int, center: bool,
@@ -80,48 +83,6 @@ def _truncate(res: torch.Tensor, rank_ratio: float | str, energy: float,
     return truncated_svd(res, truncation_rank(res.shape, rank_ratio), seed)
 
 
-Factors = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-class _Plan:
-    """What the passes share: per-tensor Grams, coefficient vectors, the factor cache."""
-
-    def __init__(self, s: TaskStream, k: int, center: bool, block_norm: str, residual: str):
-        self.s = s
-        self.grams: dict[str, torch.Tensor] = {}
-        sizes: dict[str, int] = {}
-        for key in s.float_keys():
-            a = s.stacked(key).reshape(s.n, -1)
-            self.grams[key] = (a @ a.T).double()
-            sizes[key] = a.shape[1]
-        s.gram += sum(self.grams.values(), torch.zeros(s.n, s.n, dtype=torch.float64))
-        self.model_bytes = sum(sizes.values()) * 4
-        self.w_core, self.w_proj, self.eigvals = _core_coefficients(self.grams, sizes, s.n, k, center,
-                                                                    block_norm)
-        eye = torch.eye(s.n, dtype=torch.float64)
-        self.mean = torch.full((s.n,), 1.0 / s.n, dtype=torch.float64)
-        self.res_core = eye - self.w_proj.T if residual == "orthogonal" else eye - self.w_core[None, :]
-        self.res_plain = eye - self.mean[None, :]
-
-    def core_weights(self, key: str) -> torch.Tensor:
-        return self.mean if is_bias_or_norm(key) else self.w_core
-
-    def residual_weights(self, key: str) -> torch.Tensor:
-        """Rows: residual_i = Σ_j R[i, j] τj on this tensor."""
-        return self.res_plain if is_bias_or_norm(key) else self.res_core
-
-    def residuals(self, key: str, taus: torch.Tensor) -> torch.Tensor:
-        """The N residuals of one key as an N × P matrix, in the task vectors' dtype."""
-        flat = taus.reshape(self.s.n, -1)
-        return self.residual_weights(key).to(flat.dtype) @ flat
-
-
-def _factors(res: torch.Tensor, shape: torch.Size, rank_ratio: float | str, energy: float, seed: int,
-             key: str) -> Factors:
-    return [_truncate(row.reshape(shape), rank_ratio, energy, dare_seed(seed, i, key))
-            for i, row in enumerate(res)]
-
-
 def _factor_gram(factors: Factors) -> torch.Tensor:
     """N×N Gram of the low-rank residuals L_i R_i from their factors only:
     ⟨L_i R_i, L_j R_j⟩ = Σ (L_iᵀ L_j) ⊙ (R_i R_jᵀ), never forming an m × n product."""
@@ -132,77 +93,147 @@ def _factor_gram(factors: Factors) -> torch.Tensor:
     return g
 
 
-def r2m(s: TaskStream, diagnostics: dict | None, k: int, rank_ratio: float | str, energy: float, alpha: float,
-        center: bool, block_norm: str, residual: str, eta: str, seed: int) -> Merged:
-    """R²M: θ0 + τ_core + η · τ_res (shared Real core + truncated, norm-balanced Fake residuals).
-    Memory: base + N tensors of one key + cached residual factors (≤ FACTOR_CACHE_LIMIT × one model)."""
-    plan = _Plan(s, k, center, block_norm, residual)
-    n = s.n
-    cache: dict[str, Factors] = {}
-    cached_bytes = 0
-    res_gram = torch.zeros(n, n, dtype=torch.float64)
-    ranks: dict[str, list[int]] = {}
-    layer_norms: dict[str, list[float]] = {}
-    for key in s.float_keys():
-        taus = s.stacked(key)
-        res = plan.residuals(key, taus)
-        if is_linear_weight(key, taus[0]):
-            factors = _factors(res, taus.shape[1:], rank_ratio, energy, seed, key)
-            gram = _factor_gram(factors)
-            ranks[key] = [left.shape[1] for left, _ in factors]
-            size = sum(left.numel() + right.numel() for left, right in factors) * factors[0][0].element_size()
-            if cached_bytes + size <= FACTOR_CACHE_LIMIT * plan.model_bytes:
-                cache[key] = factors
-                cached_bytes += size
-        else:
-            gram = (res @ res.T).double()
-        res_gram += gram
-        layer_norms[key] = gram.diagonal().clamp_min(0).sqrt().tolist()
-    m = res_gram.diagonal().clamp_min(0).sqrt()
-    m = torch.where(m > ZERO_RESIDUAL * s.gram.diagonal().sqrt(), m, torch.zeros_like(m))
-    ratio = torch.where(m > 0, m.mean() / m.clamp_min(1e-300), torch.zeros_like(m))
-    c = ratio / n
-    res_norm = max(float(c @ res_gram @ c), 0.0) ** 0.5
-    core_sq = sum(float(plan.core_weights(key) @ g @ plan.core_weights(key)) for key, g in plan.grams.items())
-    core_norm = max(core_sq, 0.0) ** 0.5
-    scale = alpha * core_norm
-    if eta == "relative":
-        scale = scale / res_norm if res_norm > ZERO_RESIDUAL * core_norm else 0.0
-
-    for key in s.keys:
-        if not s.is_float(key):
-            yield key, s.theta0(key)
-            continue
-        taus = s.stacked(key)
-        flat = taus.reshape(n, -1)
-        if key in ranks:
-            factors = cache.pop(key, None) or _factors(plan.residuals(key, taus), taus.shape[1:], rank_ratio,
-                                                       energy, seed, key)
-            delta = (plan.core_weights(key).to(flat.dtype) @ flat).reshape(taus.shape[1:])
-            lefts = torch.cat([ci * left for ci, (left, _) in zip(c.tolist(), factors, strict=True)], 1)
-            delta.addmm_(lefts, torch.cat([right for _, right in factors], 0), alpha=scale)
-        else:  # residual_i = Σ_j R[i, j] τj: core and weighted residuals are one combination of the τj
-            weights = plan.core_weights(key) + scale * (plan.residual_weights(key).T @ c)
-            delta = (weights.to(flat.dtype) @ flat).reshape(taus.shape[1:])
-        yield key, s.finish(key, delta)
-
-    s.report(diagnostics)
-    if diagnostics is not None:
-        diagnostics.update({
-            "r2m_eigenvalues": plan.eigvals.tolist(),
-            "r2m_core_energy": {key: _core_energy(plan.w_proj, g) for key, g in plan.grams.items()
-                                if not is_bias_or_norm(key)},
-            "r2m_residual_layer_norms": layer_norms,
-            "r2m_residual_ranks": ranks,
-            "r2m_norm_weights": ratio.tolist(),
-            "r2m_core_norm": core_norm,
-            "r2m_residual_norm": res_norm,
-            "r2m_eta": scale,
-            "r2m_residual_task_norms": m.tolist(),
-        })
-
-
 def _core_energy(w: torch.Tensor, g: torch.Tensor) -> float:
     """Σ_i ‖Π τi‖² / Σ_i ‖τi‖² on one tensor (the projection is global, so a block can exceed 1)."""
     total = float(g.trace())
     return float(torch.trace(w.T @ g @ w)) / total if total > 0 else 0.0
+
+
+@dataclass
+class Coefficients:
+    """How the task vectors of one tensor become its core and its N residuals (rows weigh the τj)."""
+
+    n: int
+    w_core: torch.Tensor  # τ_core,l = A_lᵀ w_core
+    w_proj: torch.Tensor  # Π τi on tensor l = A_lᵀ W e_i
+    eigvals: torch.Tensor
+    res_core: torch.Tensor  # residual_i = Σ_j R[i, j] τj on core tensors
+    rank_ratio: float | str
+    energy: float
+    seed: int
+
+    def __post_init__(self):
+        self.mean = torch.full((self.n,), 1.0 / self.n, dtype=torch.float64)
+        self.res_plain = torch.eye(self.n, dtype=torch.float64) - self.mean[None, :]
+
+    def core_weights(self, key: str) -> torch.Tensor:
+        return self.mean if is_bias_or_norm(key) else self.w_core
+
+    def residual_weights(self, key: str) -> torch.Tensor:
+        """Rows: residual_i = Σ_j R[i, j] τj on this tensor."""
+        return self.res_plain if is_bias_or_norm(key) else self.res_core
+
+    def residuals(self, key: str, taus: torch.Tensor) -> torch.Tensor:
+        """The N residuals of one key as an N × P matrix, in the task vectors' dtype."""
+        flat = taus.reshape(self.n, -1)
+        return self.residual_weights(key).to(flat.dtype) @ flat
+
+    def truncated(self, key: str, taus: torch.Tensor) -> Factors:
+        """Factors of the N truncated residuals of one linear weight."""
+        res = self.residuals(key, taus)
+        return [_truncate(row.reshape(taus.shape[1:]), self.rank_ratio, self.energy, task_seed(self.seed, i, key))
+                for i, row in enumerate(res)]
+
+
+def _coefficients(grams: dict[str, torch.Tensor], sizes: dict[str, int], n: int, k: int, center: bool,
+                  block_norm: str, residual: str, rank_ratio: float | str, energy: float,
+                  seed: int) -> Coefficients:
+    w_core, w_proj, eigvals = _core_coefficients(grams, sizes, n, k, center, block_norm)
+    eye = torch.eye(n, dtype=torch.float64)
+    res_core = eye - w_proj.T if residual == "orthogonal" else eye - w_core[None, :]
+    return Coefficients(n, w_core, w_proj, eigvals, res_core, rank_ratio, energy, seed)
+
+
+@dataclass
+class R2MPlan(Plan):
+    coef: Coefficients
+    grams: dict[str, torch.Tensor]
+    cache: dict[str, Factors]  # residual factors kept from the prepare pass
+    ranks: dict[str, list[int]]  # truncation rank per linear weight and task
+    layer_norms: dict[str, list[float]]  # ‖residual_i‖ per tensor
+    m: torch.Tensor  # ‖τi^fake‖ over the backbone (0: rounding noise)
+    ratio: torch.Tensor  # norm-matching weights m̄ / m_i
+    res_norm: float
+    core_norm: float
+    scale: float  # η
+
+    def factors(self, key: str, taus: torch.Tensor) -> Factors:
+        cached = self.cache.pop(key, None)
+        return cached if cached is not None else self.coef.truncated(key, taus)
+
+    def diagnostics(self) -> dict:
+        return {
+            "r2m_eigenvalues": self.coef.eigvals.tolist(),
+            "r2m_core_energy": {key: _core_energy(self.coef.w_proj, g) for key, g in self.grams.items()
+                                if not is_bias_or_norm(key)},
+            "r2m_residual_layer_norms": self.layer_norms,
+            "r2m_residual_ranks": self.ranks,
+            "r2m_norm_weights": self.ratio.tolist(),
+            "r2m_core_norm": self.core_norm,
+            "r2m_residual_norm": self.res_norm,
+            "r2m_eta": self.scale,
+            "r2m_residual_task_norms": self.m.tolist(),
+        }
+
+
+def prepare_r2m(stream: TaskStream, grams: dict[str, torch.Tensor], k: int, rank_ratio: float | str, energy: float,
+                alpha: float, center: bool, block_norm: str, residual: str, eta: str, seed: int) -> R2MPlan:
+    """The core from the Grams, then one pass over the truncated residuals for their norms and η."""
+    s, n = stream, stream.n
+    sizes = {key: s.shapes[key].numel() for key in grams}
+    coef = _coefficients(grams, sizes, n, k, center, block_norm, residual, rank_ratio, energy, seed)
+    model_bytes = sum(sizes.values()) * 4
+    cache: dict[str, Factors] = {}
+    ranks: dict[str, list[int]] = {}
+    layer_norms: dict[str, list[float]] = {}
+    cached_bytes = 0
+    res_gram = torch.zeros(n, n, dtype=torch.float64)
+    for key in s.each("r2m: residuals", s.float_keys()):
+        taus = s.stacked(key)
+        if is_linear_weight(key, taus[0]):
+            factors = coef.truncated(key, taus)
+            gram = _factor_gram(factors)
+            ranks[key] = [left.shape[1] for left, _ in factors]
+            size = sum(left.numel() + right.numel() for left, right in factors) * factors[0][0].element_size()
+            if cached_bytes + size <= FACTOR_CACHE_LIMIT * model_bytes:
+                cache[key] = factors
+                cached_bytes += size
+        else:
+            res = coef.residuals(key, taus)
+            gram = (res @ res.T).double()
+        res_gram += gram
+        layer_norms[key] = gram.diagonal().clamp_min(0).sqrt().tolist()
+    task_sq = sum(grams.values(), torch.zeros(n, n, dtype=torch.float64)).diagonal()
+    m = res_gram.diagonal().clamp_min(0).sqrt()
+    m = torch.where(m > ZERO_RESIDUAL * task_sq.sqrt(), m, torch.zeros_like(m))
+    ratio = torch.where(m > 0, m.mean() / m.clamp_min(1e-300), torch.zeros_like(m))
+    c = ratio / n
+    res_norm = max(float(c @ res_gram @ c), 0.0) ** 0.5
+    core_sq = sum(float(coef.core_weights(key) @ g @ coef.core_weights(key)) for key, g in grams.items())
+    core_norm = max(core_sq, 0.0) ** 0.5
+    scale = alpha * core_norm
+    if eta == "relative":
+        scale = scale / res_norm if res_norm > ZERO_RESIDUAL * core_norm else 0.0
+    return R2MPlan(coef, grams, cache, ranks, layer_norms, m, ratio, res_norm, core_norm, scale)
+
+
+# Defaults: rank_ratio 0.05 and alpha 0.8 were chosen on ForgeryLab's validation split from the grid
+# r ∈ {0.05, 0.1, 0.2} × α ∈ {0.4, 0.6, 0.8} (docs/results.md); the other open choices (center, block_norm,
+# residual, eta) did not beat them on validation.
+@merge_method("r2m", prepare=prepare_r2m, k=integer(1, 1),
+              rank_ratio=number(0.05, 0, 1, lo_open=True, also=("auto",)), energy=number(0.9, 0, 1, lo_open=True),
+              alpha=number(0.8), center=flag(False), block_norm=choice("none", "none", "balanced"),
+              residual=choice("subtract", "subtract", "orthogonal"), eta=choice("script", "script", "relative"),
+              seed=integer(0, 0))
+def r2m(key: str, taus: torch.Tensor, plan: R2MPlan) -> torch.Tensor:
+    """R²M: θ0 + τ_core + η · τ_res (shared Real core + truncated, norm-balanced Fake residuals)."""
+    coef, c = plan.coef, plan.ratio / plan.coef.n
+    flat = taus.reshape(coef.n, -1)
+    if key in plan.ranks:
+        factors = plan.factors(key, taus)
+        delta = (coef.core_weights(key).to(flat.dtype) @ flat).reshape(taus.shape[1:])
+        lefts = torch.cat([ci * left for ci, (left, _) in zip(c.tolist(), factors, strict=True)], 1)
+        return delta.addmm_(lefts, torch.cat([right for _, right in factors], 0), alpha=plan.scale)
+    # residual_i = Σ_j R[i, j] τj: core and weighted residuals are one combination of the τj
+    weights = coef.core_weights(key) + plan.scale * (coef.residual_weights(key).T @ c)
+    return (weights.to(flat.dtype) @ flat).reshape(taus.shape[1:])

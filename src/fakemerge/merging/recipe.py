@@ -76,6 +76,42 @@ class Recipe:
                    out=str(resolve(d["out"], relative_to)) if d.get("out") else None, hashes=hashes)
 
 
+def recipe_from_args(inputs: list[str], method: str | None = None, base: str | None = None,
+                     add: list[str] | None = None, from_: str | os.PathLike | None = None,
+                     params: dict | None = None, head: str | None = None,
+                     out: str | os.PathLike | None = None) -> Recipe:
+    """One Recipe from whichever form a command line used: specialist files with `method` and `base`, one
+    recipe .yaml, or `from_` (a merged file) with new specialists in `add`.
+
+    Precedence: what the command line gives wins over the recipe file, which wins over the recipe stored in
+    `from_`. A new `method` drops the stored parameters (they belong to the old method); a `base` given with
+    `from_` replaces the stored path (a moved base: every specialist's recorded base hash still has to match).
+    """
+    add = list(add or [])
+    new = [*add, *inputs]
+    if from_ is not None:
+        if not new:
+            raise InputError(f"--from {from_}: name the new specialist(s) with --add NEW")
+        recipe = recipe_from_merged(from_)
+    elif len(inputs) == 1 and Path(inputs[0]).suffix in (".yaml", ".yml"):
+        recipe, new = load_recipe(inputs[0]), add
+    else:
+        if not (method and base and new):
+            raise InputError("merge: give --method, --base and specialist files, a recipe .yaml, "
+                             "or --add NEW --from MERGED")
+        recipe = Recipe(method=method, base=base, models=[])
+    if method and method != recipe.method:
+        recipe.method, recipe.parameters = method, {}
+    recipe.base = base or recipe.base
+    recipe.add(new, str(from_) if from_ else "this merge")
+    recipe.parameters = {**recipe.parameters, **(params or {})}
+    recipe.head = head or recipe.head
+    recipe.out = str(out) if out else recipe.out
+    if not recipe.out:
+        raise InputError("merge: no output file (give -o OUT.safetensors or 'out:' in the recipe)")
+    return recipe
+
+
 def resolve(path: str, relative_to: Path) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else relative_to / p

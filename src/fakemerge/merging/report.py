@@ -77,7 +77,7 @@ def _per_layer(diagnostics: dict) -> dict[str, dict[str, list[float]]]:
     return series
 
 
-def write_report(directory: str | os.PathLike, result, names: Sequence[str]) -> list[Path]:
+def write_merge_report(directory: str | os.PathLike, result, names: Sequence[str]) -> list[Path]:
     """report.json + PNG plots for a `MergeResult`; returns the files written."""
     import matplotlib
 

@@ -7,28 +7,30 @@ tensor from disk per access; nothing here keeps a whole model. Keys may be spell
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 
 from fakemerge.errors import InputError
 from fakemerge.keys import bare
+from fakemerge.progress import Progress, silent
 
 
 class TaskStream:
-    """The base θ0 and task vectors τi = θi − θ0 of N specialists, one key at a time.
+    """The base θ0 and task vectors τi = θi − θ0 of N specialists, one key at a time (read-only).
 
-    `stacked(key)` returns the N task vectors of one tensor as one N × shape tensor (`tasks(key)`: as a
-    list) in the compute dtype (float32, or float64 when an input is float64). Calls with `record=True`
-    (each method's final pass) also accumulate the N×N Gram of all task vectors (each key's product in the
-    compute dtype, the sum in float64), which gives the task norms and cosine similarities of the report.
+    `stacked(key)` returns the N task vectors of one tensor as one N × shape tensor in the compute dtype
+    (float32, or float64 when an input is float64). `each(stage, keys)` walks keys reporting progress, so
+    every pass over the stream (the driver's and a method's own) shows as a stage.
     """
 
-    def __init__(self, base: Mapping[str, torch.Tensor], specialists: Sequence[Mapping[str, torch.Tensor]]):
+    def __init__(self, base: Mapping[str, torch.Tensor], specialists: Sequence[Mapping[str, torch.Tensor]],
+                 progress: Progress = silent):
         if len(specialists) < 1:
             raise InputError("specialists: at least one specialist is needed to merge (got 0)")
         self.base = base
         self.specialists = list(specialists)
+        self.progress = progress
         self.keys = list(base.keys())
         names = [bare(k) for k in self.keys]
         if len(set(names)) != len(names):
@@ -41,17 +43,28 @@ class TaskStream:
                 raise InputError(f"specialist {i}: its tensors do not match the base's: "
                                  f"missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}")
             self._spelling.append(own)
-        self.gram = torch.zeros(self.n, self.n, dtype=torch.float64)
+        self.shapes: dict[str, torch.Size] = {}  # of every key read so far
 
     @property
     def n(self) -> int:
         return len(self.specialists)
 
+    def each(self, stage: str, keys: Iterable[str]) -> Iterator[str]:
+        keys = list(keys)
+        for done, key in enumerate(keys):
+            yield key
+            self.progress(stage, done + 1, len(keys))
+
     def theta0(self, key: str) -> torch.Tensor:
-        return self.base[key].detach()
+        t = self.base[key].detach()
+        self.shapes[key] = t.shape
+        return t
 
     def is_float(self, key: str) -> bool:
         return self.base[key].is_floating_point()
+
+    def float_keys(self) -> list[str]:
+        return [k for k in self.keys if self.is_float(k)]
 
     def specialist(self, i: int, key: str) -> torch.Tensor:
         t = self.specialists[i][self._spelling[i][bare(key)]].detach()
@@ -70,40 +83,11 @@ class TaskStream:
         dtype = self.dtype_for(base, theta)
         return theta.to(dtype) - base.to(dtype)
 
-    def float_keys(self) -> list[str]:
-        return [k for k in self.keys if self.is_float(k)]
-
-    def tasks(self, key: str, record: bool = False) -> list[torch.Tensor]:
-        """The N task vectors of `key` in the compute dtype."""
-        return list(self.stacked(key, record).unbind(0))
-
-    def stacked(self, key: str, record: bool = False) -> torch.Tensor:
+    def stacked(self, key: str) -> torch.Tensor:
         """The N task vectors of `key` as one N × shape tensor in the compute dtype (one allocation)."""
         base = self.theta0(key)
         thetas = [self.specialist(i, key) for i in range(self.n)]
         dtype = self.dtype_for(base, *thetas)
         taus = torch.stack([t.to(dtype) for t in thetas])
         taus -= base.to(dtype)
-        if record:
-            self.record(taus)
         return taus
-
-    def record(self, taus: torch.Tensor) -> None:
-        """Add the N×N Gram of one key's stacked task vectors (compute dtype, accumulated in float64)."""
-        flat = taus.reshape(self.n, -1)
-        self.gram += (flat @ flat.T).double()
-
-    def finish(self, key: str, delta: torch.Tensor) -> torch.Tensor:
-        """θ0 + Δ in the base's dtype."""
-        base = self.theta0(key)
-        return (base.to(delta.dtype) + delta).to(base.dtype)
-
-    def report(self, diagnostics: dict | None) -> None:
-        """Task norms and the N×N cosine-similarity matrix, from the Gram recorded in the final pass."""
-        if diagnostics is None:
-            return
-        norms = self.gram.diagonal().clamp_min(0).sqrt()
-        denom = torch.outer(norms, norms)
-        cos = torch.where(denom > 0, self.gram / denom.clamp_min(1e-300), torch.zeros_like(self.gram))
-        diagnostics["task_norms"] = norms.tolist()
-        diagnostics["task_cosine"] = cos.tolist()

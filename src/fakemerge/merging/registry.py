@@ -1,0 +1,228 @@
+"""Merge methods as declared units, and the one driver that runs any of them.
+
+A method is a per-tensor function `delta(key, taus, plan, ...) -> Δ` (taus: the N task vectors of one tensor
+stacked N × shape, in the compute dtype) declared with `@merge_method(name, param=Param(...), ...)`: the
+decorator carries every parameter with its default and rule, written once. A method that needs the whole
+model first (TIES' global threshold, R²M's cross-layer Gram) also declares a `prepare(stream, ...)` pass that
+returns a `Plan` (whatever the deltas share, plus its diagnostics). Each function receives exactly what its
+signature names: a delta any of `key`, `taus`, `plan` and the parameters; a prepare `stream` (the
+`TaskStream`), `grams` and the parameters.
+
+The driver (`MergeRun`) owns everything else: the per-tensor Gram pass when a prepare names `grams`, the key
+loop in the base's order, pass-through of non-float tensors, θ0 + Δ in the base's dtype, and the report (task
+norms and cosines from the Gram of all task vectors, plus the plan's diagnostics). Adding a method is one
+module with one decorated function, imported in `merging/__init__.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fakemerge.errors import InputError
+from fakemerge.merging.streams import TaskStream
+from fakemerge.progress import Progress, silent
+
+
+@dataclass(frozen=True)
+class Param:
+    """One method parameter: its default and the rule a value must satisfy (shown in errors)."""
+
+    default: object
+    check: Callable[[object], bool]
+    rule: str
+
+
+def number(default: float, lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False,
+           hi_open: bool = False, also: tuple[str, ...] = ()) -> Param:
+    """A finite number in [lo, hi] (ends open as asked), or one of the words in `also`."""
+
+    def check(v: object) -> bool:
+        if v in also and isinstance(v, str):
+            return True
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return False
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+
+    rule = "a finite number" if (lo, hi) == (-math.inf, math.inf) else \
+        f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    return Param(default, check, rule + "".join(f" or {w!r}" for w in also))
+
+
+def integer(default: int, lo: int) -> Param:
+    return Param(default, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo,
+                 f"an integer ≥ {lo}")
+
+
+def choice(default: object, *options: object) -> Param:
+    words = [repr(o) if isinstance(o, str) else str(o).lower() for o in options]
+    rule = " or ".join(words) if len(words) <= 2 else ", ".join(words[:-1]) + " or " + words[-1]
+    return Param(default, lambda v: v in options and type(v) is type(default), rule)
+
+
+def flag(default: bool) -> Param:
+    return Param(default, lambda v: isinstance(v, bool), "true or false")
+
+
+class Plan:
+    """What a method's prepare pass learned for its deltas (subclassed by each method that has one)."""
+
+    def diagnostics(self) -> dict:
+        """What the merge report shows about this plan (JSON-able values)."""
+        return {}
+
+
+Delta = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    delta: Delta
+    params: Mapping[str, Param]
+    prepare: Callable[..., Plan] | None = None
+
+    @property
+    def grams(self) -> bool:
+        """Whether the prepare pass asks for the per-tensor N×N Grams (the driver's Gram pass)."""
+        return self.prepare is not None and "grams" in _names(self.prepare)
+
+    @property
+    def doc(self) -> str:
+        return inspect.getdoc(self.delta) or ""
+
+    @property
+    def defaults(self) -> dict[str, object]:
+        return {k: p.default for k, p in self.params.items()}
+
+
+METHODS: dict[str, MergeMethod] = {}
+DELTA_ARGS = {"key", "taus", "plan"}  # what the driver offers every delta, besides the parameters
+PREPARE_ARGS = {"stream", "grams"}  # ... and every prepare
+
+
+@functools.cache
+def _names(fn: Callable) -> frozenset[str]:
+    return frozenset(inspect.signature(fn).parameters)
+
+
+def call(fn: Callable, **offered):
+    """`fn` called with the offered arguments its signature names."""
+    return fn(**{k: v for k, v in offered.items() if k in _names(fn)})
+
+
+def merge_method(name: str, *, prepare: Callable[..., Plan] | None = None,
+                 **params: Param) -> Callable[[Delta], Delta]:
+    """Register `delta` as merge method `name` with the declared parameters (each used by delta or prepare)."""
+
+    def register(delta: Delta) -> Delta:
+        used = _names(delta) | (_names(prepare) if prepare else set())
+        unused = sorted(set(params) - used)
+        undeclared = sorted((_names(delta) - DELTA_ARGS - set(params))
+                            | ((_names(prepare) - PREPARE_ARGS - set(params)) if prepare else set()))
+        if name in METHODS or unused or undeclared:
+            raise TypeError(f"merge method {name!r}: duplicate, or parameters unused {unused} / "
+                            f"undeclared {undeclared}")
+        METHODS[name] = MergeMethod(name, delta, params, prepare)
+        return delta
+
+    return register
+
+
+def get_method(name: str) -> MergeMethod:
+    if name not in METHODS:
+        raise InputError(f"method {name!r}: unknown merge method (choose from {', '.join(METHODS)})")
+    return METHODS[name]
+
+
+def method_defaults(name: str) -> dict[str, object]:
+    """The default parameters of a method (raises InputError for an unknown method)."""
+    return get_method(name).defaults
+
+
+def resolve_params(name: str, params: Mapping[str, object]) -> dict[str, object]:
+    """Defaults overridden by `params`, validated; an unknown name or bad value raises InputError."""
+    method = get_method(name)
+    unknown = sorted(set(params) - set(method.params))
+    if unknown:
+        allowed = ", ".join(method.params) or "none"
+        raise InputError(f"method {name!r}: unknown parameter {unknown[0]!r} (parameters: {allowed})")
+    resolved = {**method.defaults, **params}
+    for k, v in resolved.items():
+        if not method.params[k].check(v):
+            raise InputError(f"method {name!r}: parameter {k}={v!r} must be {method.params[k].rule}")
+    return resolved
+
+
+class MergeRun:
+    """Iterates `(key, merged tensor)` for every key of the base, in its order; after the last one,
+    `gram` (N×N, float64, over every float tensor) and `diagnostics` (task norms and cosines, plus the
+    method's own) are set."""
+
+    def __init__(self, method: MergeMethod, stream: TaskStream, params: dict[str, object]):
+        self.method, self.stream, self.params = method, stream, params
+        self.gram: torch.Tensor | None = None
+        self._diagnostics: dict | None = None
+
+    @property
+    def diagnostics(self) -> dict:
+        if self._diagnostics is None:
+            raise RuntimeError("diagnostics are known once every tensor has been merged")
+        return self._diagnostics
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        s, method = self.stream, self.method
+        grams = gram_pass(s) if method.grams else None
+        plan = Plan() if method.prepare is None else call(method.prepare, stream=s, grams=grams, **self.params)
+        total = torch.zeros(s.n, s.n, dtype=torch.float64)
+        if grams is not None:
+            total = sum(grams.values(), total)
+        for key in s.each("merge", s.keys):
+            if not s.is_float(key):
+                yield key, s.theta0(key)
+                continue
+            taus = s.stacked(key)
+            if grams is None:
+                flat = taus.reshape(s.n, -1)
+                total += (flat @ flat.T).double()
+            delta = call(method.delta, key=key, taus=taus, plan=plan, **self.params)
+            base = s.theta0(key)
+            yield key, (base.to(delta.dtype) + delta).to(base.dtype)
+        self.gram = total
+        self._diagnostics = {**gram_report(total), **plan.diagnostics()}
+
+
+def gram_pass(s: TaskStream) -> dict[str, torch.Tensor]:
+    """Per float tensor, the N×N Gram of its task vectors (product in the compute dtype, kept in float64)."""
+    grams = {}
+    for key in s.each("grams", s.float_keys()):
+        a = s.stacked(key).reshape(s.n, -1)
+        grams[key] = (a @ a.T).double()
+    return grams
+
+
+def gram_report(gram: torch.Tensor) -> dict[str, list]:
+    """Task norms and the N×N cosine-similarity matrix of the task vectors."""
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    denom = torch.outer(norms, norms)
+    cos = torch.where(denom > 0, gram / denom.clamp_min(1e-300), torch.zeros_like(gram))
+    return {"task_norms": norms.tolist(), "task_cosine": cos.tolist()}
+
+
+def merge_iter(method: str, base: Mapping[str, torch.Tensor], specialists: Sequence[Mapping[str, torch.Tensor]],
+               *, progress: Progress = silent, **params) -> MergeRun:
+    """The merge as a `MergeRun`: parameters and key sets are validated now, tensors produced when iterated
+    (a tensor whose shape differs from the base's raises InputError when it is first read)."""
+    resolved = resolve_params(method, params)
+    return MergeRun(get_method(method), TaskStream(base, specialists, progress), resolved)
+
+
+def merge(method: str, base: Mapping[str, torch.Tensor], specialists: Sequence[Mapping[str, torch.Tensor]],
+          **params) -> dict[str, torch.Tensor]:
+    """The merged backbone state dict (see `merge_iter`; use it for the diagnostics)."""
+    return dict(merge_iter(method, base, specialists, **params))

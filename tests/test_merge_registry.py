@@ -1,0 +1,100 @@
+"""The method registry and the one driver: declared parameters, prepare → plan → delta, pass-through, report."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fakemerge.errors import InputError
+from fakemerge.merging import METHODS, merge, merge_iter, method_defaults, resolve_params
+from fakemerge.merging.registry import Plan, choice, flag, integer, merge_method, number
+
+
+@pytest.fixture
+def registered():
+    """Registers methods for one test and removes them afterwards."""
+    before = set(METHODS)
+    yield
+    for name in set(METHODS) - before:
+        del METHODS[name]
+
+
+class Offset(Plan):
+    def __init__(self, total: float):
+        self.total = total
+
+    def diagnostics(self) -> dict:
+        return {"toy_total": self.total}
+
+
+def test_a_method_is_one_decorated_function(registered):
+    seen_grams = {}
+
+    def prepare(stream, grams, shift):
+        seen_grams.update(grams)
+        return Offset(sum(float(stream.stacked(k).sum()) for k in stream.float_keys()) + shift)
+
+    @merge_method("toy", prepare=prepare, shift=number(1.0), double=flag(False))
+    def toy(key, taus, plan, double):
+        """Mean task vector plus the plan's total (a method made for this test)."""
+        return taus.mean(0) * (2 if double else 1) + plan.total
+
+    base = {"w": torch.zeros(2), "ids": torch.arange(3), "h": torch.zeros(1, dtype=torch.float16)}
+    specs = [{"w": torch.tensor([1.0, 3.0]), "ids": torch.arange(3) + 7, "h": torch.ones(1, dtype=torch.float16)},
+             {"w": torch.tensor([3.0, 5.0]), "ids": torch.arange(3), "h": torch.ones(1, dtype=torch.float16)}]
+    assert method_defaults("toy") == {"shift": 1.0, "double": False}
+    assert METHODS["toy"].doc.startswith("Mean task vector") and METHODS["toy"].grams
+    run = merge_iter("toy", base, specs, double=True)
+    out = dict(run)
+    total = 1 + 3 + 3 + 5 + 2 + 1.0  # every float entry of every task vector, plus shift
+    assert torch.equal(out["w"], torch.tensor([4.0, 8.0]) + total)
+    assert torch.equal(out["ids"], base["ids"])  # integer tensors pass through from the base
+    assert out["h"].dtype == torch.float16 and float(out["h"]) == 2 + total
+    assert run.diagnostics["toy_total"] == total
+    assert run.diagnostics["task_norms"] == pytest.approx([(1 + 9 + 1) ** 0.5, (9 + 25 + 1) ** 0.5])
+    assert set(seen_grams) == {"w", "h"} and torch.equal(run.gram, sum(seen_grams.values()))
+
+
+def test_methods_without_prepare_get_the_gram_from_the_final_pass(registered):
+    @merge_method("first")
+    def first(taus):
+        """The first specialist (a method made for this test)."""
+        return taus[0]
+
+    assert not METHODS["first"].grams
+    run = merge_iter("first", {"w": torch.zeros(2)}, [{"w": torch.tensor([3.0, 4.0])}, {"w": torch.ones(2)}])
+    with pytest.raises(RuntimeError, match="once every tensor"):
+        run.diagnostics  # noqa: B018
+    assert torch.equal(dict(run)["w"], torch.tensor([3.0, 4.0]))
+    assert torch.equal(run.gram, torch.tensor([[25.0, 7.0], [7.0, 2.0]], dtype=torch.float64))
+
+
+def test_declarations_are_checked_at_registration(registered):
+    with pytest.raises(TypeError, match="unused"):
+        merge_method("bad1", scale=number(1.0))(lambda taus: taus[0])
+    with pytest.raises(TypeError, match="undeclared"):
+        merge_method("bad2")(lambda taus, scale: taus[0])
+    with pytest.raises(TypeError, match="duplicate"):
+        merge_method("average")(lambda taus: taus[0])
+    assert "bad1" not in METHODS and "bad2" not in METHODS
+
+
+@pytest.mark.parametrize("param, good, bad", [
+    (number(0.5, 0, 1, lo_open=True), [1, 0.5, 1e-9], [0, 1.5, True, "x", float("nan")]),
+    (number(0.5, 0, 1, hi_open=True, also=("auto",)), [0, 0.99, "auto"], [1, "none", None]),
+    (integer(0, 1), [1, 7], [0, 1.0, True]),
+    (choice("sum", "sum", "max"), ["sum", "max"], ["mean", 1, None]),
+    (flag(True), [True, False], [1, "true"]),
+])
+def test_parameter_rules(param, good, bad):
+    assert all(param.check(v) for v in good) and not any(param.check(v) for v in bad)
+
+
+def test_resolve_params_names_the_rule():
+    assert resolve_params("ties", {"density": 0.5})["density"] == 0.5
+    with pytest.raises(InputError, match=r"density=0 must be in \(0, 1\]"):
+        resolve_params("ties", {"density": 0})
+    with pytest.raises(InputError, match="unknown parameter 'dropout'"):
+        resolve_params("ties", {"dropout": 0.1})
+    with pytest.raises(InputError, match="choose from average, task_arithmetic"):
+        merge("nope", {}, [{}])
