@@ -23,7 +23,7 @@ class Offset(Plan):
     def __init__(self, total: float):
         self.total = total
 
-    def diagnostics(self) -> dict:
+    def diagnostics(self, per_task) -> dict:
         return {"toy_total": self.total}
 
 
@@ -52,17 +52,19 @@ def test_a_method_is_one_decorated_function(registered):
     assert out["h"].dtype == torch.float16 and float(out["h"]) == 2 + total
     assert run.diagnostics["toy_total"] == total
     assert run.diagnostics["task_norms"] == pytest.approx([(1 + 9 + 1) ** 0.5, (9 + 25 + 1) ** 0.5])
-    assert set(seen_grams) == {"w", "h"} and torch.equal(run.gram, sum(seen_grams.values()))
+    assert torch.equal(run.gram, torch.tensor([[11.0, 19.0], [19.0, 35.0]], dtype=torch.float64))  # given order
+    assert set(seen_grams) == {"w", "h"}
+    assert sorted(sum(seen_grams.values()).diagonal().tolist()) == [11.0, 35.0]  # the canonical order
 
 
 def test_methods_without_prepare_get_the_gram_from_the_final_pass(registered):
-    @merge_method("first")
-    def first(taus):
-        """The first specialist (a method made for this test)."""
-        return taus[0]
+    @merge_method("largest")
+    def largest(taus):
+        """The largest task-vector entry (a method made for this test)."""
+        return taus.amax(0)
 
-    assert not METHODS["first"].grams
-    run = merge_iter("first", {"w": torch.zeros(2)}, [{"w": torch.tensor([3.0, 4.0])}, {"w": torch.ones(2)}])
+    assert not METHODS["largest"].grams
+    run = merge_iter("largest", {"w": torch.zeros(2)}, [{"w": torch.tensor([3.0, 4.0])}, {"w": torch.ones(2)}])
     with pytest.raises(RuntimeError, match="once every tensor"):
         run.diagnostics  # noqa: B018
     assert torch.equal(dict(run)["w"], torch.tensor([3.0, 4.0]))
@@ -98,3 +100,21 @@ def test_resolve_params_names_the_rule():
         resolve_params("ties", {"dropout": 0.1})
     with pytest.raises(InputError, match="choose from average, task_arithmetic"):
         merge("nope", {}, [{}])
+
+
+def test_methods_see_one_canonical_order_and_report_in_the_given_one(registered):
+    seen = []
+
+    @merge_method("rows")
+    def rows(taus, fingerprints):
+        """Records the order it sees (a method made for this test)."""
+        seen.append(list(fingerprints))
+        return taus[0] - taus[1]
+
+    base = {"w": torch.zeros(1)}
+    a, b = {"w": torch.tensor([1.0])}, {"w": torch.tensor([4.0])}
+    one, two = merge_iter("rows", base, [a, b]), merge_iter("rows", base, [b, a])
+    assert torch.equal(dict(one)["w"], dict(two)["w"]) and seen[0] == seen[1]
+    assert one.diagnostics["task_norms"] == [1.0, 4.0] and two.diagnostics["task_norms"] == [4.0, 1.0]
+    given = merge_iter("rows", base, [a, b], fingerprints=["z", "y"])  # the caller's content hashes
+    assert float(dict(given)["w"]) == 3.0 and seen[-1] == ["y", "z"]

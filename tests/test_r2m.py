@@ -10,7 +10,7 @@ import torch
 
 from fakemerge.keys import is_bias_or_norm, is_linear_weight
 from fakemerge.merging import merge, merge_iter, r2m
-from fakemerge.merging.lowrank import truncated_svd
+from fakemerge.merging.lowrank import truncated_svd, truncation_rank
 
 SHAPES = {
     "embeddings.class_embedding": (6,),
@@ -40,7 +40,7 @@ def models(n: int, seed: int = 0, shared: float = 0.0, dtype=torch.float64, nois
 
 
 def reference(base, specs, k=1, rank_ratio=0.05, alpha=0.8, center=False, block_norm="none",
-              residual="subtract", eta="script"):
+              residual="subtract", eta="script", rank_round="up", norm_of="truncated"):
     """The spec, literally: dense SVD of the weighted N×D core matrix, exact SVD truncation."""
     n = len(specs)
     taus = {key: torch.stack([s[key] - base[key] for s in specs]).reshape(n, -1) for key in base}
@@ -65,20 +65,23 @@ def reference(base, specs, k=1, rank_ratio=0.05, alpha=0.8, center=False, block_
     core = unweight((mean_w @ v.T) @ v)
     proj = [unweight((m[i] @ v.T) @ v) for i in range(n)]
     core_all = {key: core.get(key, taus[key].mean(0)) for key in base}
-    res = []
+    res, untruncated = [], []
     for i in range(n):
-        r_i = {}
+        r_i, whole = {}, {}
         for key in base:
             orthogonal = residual == "orthogonal" and key in core
-            full = taus[key][i] - (proj[i][key] if orthogonal else core_all[key])
+            full = whole[key] = taus[key][i] - (proj[i][key] if orthogonal else core_all[key])
             if is_linear_weight(key, base[key]):
                 mat = full.reshape(base[key].shape)
                 u, s, wh = torch.linalg.svd(mat, full_matrices=False)
-                r = math.ceil(rank_ratio * min(mat.shape))
+                x = rank_ratio * min(mat.shape)
+                r = math.ceil(x) if rank_round == "up" else max(1, math.floor(x))
                 full = ((u[:, :r] * s[:r]) @ wh[:r]).reshape(-1)
             r_i[key] = full
         res.append(r_i)
-    norms = torch.tensor([math.sqrt(sum(float(r[key].square().sum()) for key in base)) for r in res],
+        untruncated.append(whole)
+    measured = res if norm_of == "truncated" else untruncated
+    norms = torch.tensor([math.sqrt(sum(float(r[key].square().sum()) for key in base)) for r in measured],
                          dtype=torch.float64)
     weights = [(norms.mean() / nm if nm > 0 else 0.0) / n for nm in norms]
     tau_res = {key: sum(w * r[key] for w, r in zip(weights, res, strict=True)) for key in base}
@@ -120,6 +123,21 @@ def test_planted_shared_component_is_recovered_as_the_core():
     assert abs(float(fake @ s / (fake.norm() * s.norm()))) < 0.2  # ... and it is not the shared direction
 
 
+@pytest.mark.parametrize("rank_round, norm_of", list(itertools.product(("up", "down"), ("truncated", "residual"))))
+@pytest.mark.parametrize("options", OPTIONS[::5], ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_rank_rounding_and_where_norms_are_measured_match_the_spec(options, rank_round, norm_of):
+    base, specs, _ = models(4, shared=1.0)
+    for k, rank_ratio in ((1, 0.2), (2, 0.3)):  # 0.2 · 6 = 1.2 and 0.3 · 6 = 1.8: up gives 2, down 1
+        expected = reference(base, specs, k=k, rank_ratio=rank_ratio, rank_round=rank_round, norm_of=norm_of,
+                             **options)
+        out, d = merged("r2m", base, specs, k=k, rank_ratio=rank_ratio, rank_round=rank_round, norm_of=norm_of,
+                        **options)
+        assert set(d["r2m_residual_ranks"]["encoder.layers.0.mlp.fc1.weight"]) == {2 if rank_round == "up" else 1}
+        for key in base:
+            update = (expected[key] - base[key]).norm()
+            assert float((out[key] - expected[key]).norm() / update) < 1e-8, key
+
+
 @pytest.mark.parametrize("options", OPTIONS[:8], ids=lambda o: "-".join(str(v) for v in o.values()))
 def test_identical_specialists_and_a_single_specialist_give_that_specialist(options):
     base, specs, _ = models(1)
@@ -139,14 +157,20 @@ def test_order_does_not_matter_and_float32_is_close_to_float64():
     assert all(torch.allclose(c[key].double(), a[key], atol=1e-5) for key in base)
 
 
+def with_large_linear(n: int, seed: int = 1):
+    """Tiny models plus one 300 × 280 MLP weight, whose truncations take the randomized path (> EXACT_UP_TO)."""
+    base, specs, _ = models(n, shared=0.5, dtype=torch.float32)
+    key = "encoder.layers.0.mlp.fc1.weight"
+    g = torch.Generator().manual_seed(seed)
+    base[key] = torch.randn(300, 280, generator=g)
+    shared = 0.01 * torch.randn(300, 280, generator=g)
+    for s in specs:
+        s[key] = base[key] + shared + 0.01 * torch.randn(300, 280, generator=g)
+    return base, specs, key
+
+
 def test_factor_cache_and_recomputation_give_identical_tensors(monkeypatch):
-    base, specs, _ = models(3, shared=0.5, dtype=torch.float32)
-    big = {"encoder.layers.0.mlp.fc1.weight": (300, 280)}  # randomized SVD path (rank 30 ≪ 280)
-    g = torch.Generator().manual_seed(1)
-    for key, shape in big.items():
-        base[key] = torch.randn(shape, generator=g)
-        for s in specs:
-            s[key] = base[key] + 0.01 * torch.randn(shape, generator=g)
+    base, specs, _ = with_large_linear(3)
     cached = merge("r2m", base, specs)
     monkeypatch.setattr(r2m, "FACTOR_CACHE_LIMIT", 0.0)
     recomputed = merge("r2m", base, specs)
@@ -207,3 +231,42 @@ def test_residual_gram_from_factors_equals_the_dense_gram():
                 torch.randn(r, 5, generator=g, dtype=torch.float64)) for r in (2, 3, 1)]
     flat = torch.stack([(left @ right).reshape(-1) for left, right in factors])
     assert torch.allclose(r2m._factor_gram(factors), flat @ flat.T, atol=1e-12)
+
+
+@pytest.mark.parametrize("method, params", [("r2m", {}), ("r2m", {"rank_ratio": 0.1, "eta": "relative"}),
+                                            ("cart", {}), ("cart", {"rank_ratio": 0.05})])
+def test_randomized_truncations_give_the_same_bytes_in_any_order(method, params):
+    base, specs, key = with_large_linear(3)
+    assert truncation_rank((300, 280), params.get("rank_ratio", 0.1)) * 4 < 280 < 300  # the randomized path
+    first = merge(method, base, specs, **params)
+    for order in ([2, 0, 1], [1, 2, 0], [2, 1, 0]):
+        other = merge(method, base, [specs[i] for i in order], **params)
+        assert all(torch.equal(first[k], other[k]) for k in base), order
+
+
+@pytest.mark.parametrize("method", ["r2m", "cart"])
+def test_randomized_truncation_against_the_exact_one(method):
+    """On a flat spectrum the best rank-r subspace is ill-determined: the randomized merge differs from the
+    exact one although each truncation is within 1 % of the optimal error (`test_truncated_svd_modes`)."""
+    base, specs, key = with_large_linear(3)
+    exact = merge(method, base, specs, svd="exact")
+    randomized = merge(method, base, specs, svd="randomized")
+    update = (exact[key] - base[key]).norm()
+    assert 1e-4 < float((randomized[key] - exact[key]).norm() / update) < 0.5
+    if method == "cart":  # per tensor: auto is randomized above EXACT_UP_TO, exact below
+        auto = merge(method, base, specs)
+        small = "encoder.layers.0.self_attn.q_proj.weight"
+        assert torch.equal(auto[key], randomized[key]) and torch.equal(auto[small], exact[small])
+
+
+@pytest.mark.parametrize("shape, rank", [((300, 280), 14), ((280, 300), 28), ((6, 6), 2)])
+def test_truncated_svd_modes(shape, rank):
+    a = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    u, sv, vh = torch.linalg.svd(a, full_matrices=False)
+    best = (u[:, :rank] * sv[:rank]) @ vh[:rank]
+    left, right = truncated_svd(a, rank, seed=1, svd="exact")
+    assert torch.allclose(left @ right, best, atol=1e-5)
+    left, right = truncated_svd(a, rank, seed=1, svd="randomized")
+    again = truncated_svd(a, rank, seed=1, svd="randomized")
+    assert torch.equal(left, again[0]) and torch.equal(right, again[1])
+    assert float((a - left @ right).norm()) < 1.01 * float((a - best).norm())

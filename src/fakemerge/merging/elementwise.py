@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fakemerge.merging.lowrank import task_seed
+from fakemerge.merging.lowrank import content_seed
 from fakemerge.merging.registry import Plan, choice, flag, integer, merge_method, number
 from fakemerge.merging.streams import TaskStream
 
@@ -72,8 +72,8 @@ class TiesPlan(Plan):
         th = torch.tensor(self.thresholds, dtype=taus.dtype).reshape(-1, *[1] * (taus.ndim - 1))
         return taus.abs() >= th
 
-    def diagnostics(self) -> dict:
-        return {"ties_thresholds": self.thresholds, "ties_majority_sign": self.majority}
+    def diagnostics(self, per_task) -> dict:
+        return {"ties_thresholds": per_task(self.thresholds), "ties_majority_sign": self.majority}
 
 
 def ties_thresholds(s: TaskStream, density: float) -> list[float]:
@@ -127,11 +127,11 @@ def ties(taus: torch.Tensor, plan: TiesPlan, scaling: float, merge_func: str) ->
 
 @merge_method("dare", drop_rate=number(0.5, 0, 1, hi_open=True), seed=integer(0, 0), rescale=flag(True),
               scaling=SCALING)
-def dare(key: str, taus: torch.Tensor, drop_rate: float, seed: int, rescale: bool,
+def dare(key: str, taus: torch.Tensor, fingerprints: list[str], drop_rate: float, seed: int, rescale: bool,
          scaling: float) -> torch.Tensor:
     """DARE: drop each task-vector entry with probability `drop_rate` (kept ones × 1/(1 − p) if `rescale`),
-    then task arithmetic. The mask of task i is seeded by (seed, i, key): reordering the specialists changes
-    which mask each one gets."""
-    keep = torch.stack([torch.rand(tau.shape, generator=torch.Generator().manual_seed(task_seed(seed, i, key)),
-                                   dtype=tau.dtype) > drop_rate for i, tau in enumerate(taus)])
+    then task arithmetic. The mask of each specialist is seeded by (seed, its content, key): the same in any
+    order of the specialists."""
+    keep = torch.stack([torch.rand(tau.shape, generator=torch.Generator().manual_seed(content_seed(seed, fp, key)),
+                                   dtype=tau.dtype) > drop_rate for fp, tau in zip(fingerprints, taus, strict=True)])
     return combine(taus, keep=keep, rescale=1 - drop_rate if rescale else None, scaling=scaling)

@@ -161,7 +161,7 @@ def merge_files(recipe: Recipe, out: str | os.PathLike | None = None, *,
                      preprocessing=preprocessing.to_dict())
     out_layout = {**layout, **{k: (heads[0][k].dtype, tuple(heads[0][k].shape)) for k in HEAD_KEYS}}
     with atomic_path(out) as tmp, SafetensorsWriter(tmp, out_layout, meta.to_header()) as writer:
-        run = merge_iter(recipe.method, b.state, states, progress=progress, **full_params)
+        run = merge_iter(recipe.method, b.state, states, progress=progress, fingerprints=scan.hashes, **full_params)
         for key, tensor in run:
             writer.write(key, tensor)
         for k, v in merge_heads(heads, recipe.head).items():

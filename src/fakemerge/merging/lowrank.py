@@ -12,55 +12,104 @@ import math
 import torch
 
 from fakemerge.keys import bare
+from fakemerge.merging.registry import choice
 
 EPS32 = torch.finfo(torch.float32).eps
 POWER_ITERATIONS = 4  # fewer leave the truncation error > 1 % above the exact SVD's on flat spectra
 OVERSAMPLE = 10  # extra directions: at least this many, or a tenth of the rank
 
 
-def numerical_rank(s: torch.Tensor, shape: tuple[int, ...]) -> int:
-    """Count of singular values above σ_max · max(m, n) · eps_float32 (numpy's rule, float32 precision)."""
+def numerical_rank(s: torch.Tensor, shape: tuple[int, ...], floor: float = 0.0) -> int:
+    """Count of singular values above σ_max · max(m, n) · eps_float32 (numpy's rule, float32 precision) and
+    above `floor` (the rounding noise of the weights the matrix was computed from: `noise_floor`)."""
     if s.numel() == 0 or s[0] <= 0:
         return 0
-    return int((s > s[0] * max(shape) * EPS32).sum())
+    return int((s > max(float(s[0]) * max(shape) * EPS32, floor)).sum())
 
 
-def polar(a: torch.Tensor, at_rank: bool) -> torch.Tensor:
-    """The orthogonal polar factor P Qᵀ of `a` (same shape), optionally from its numerical-rank part only."""
+def noise_floor(theta0: torch.Tensor, terms: int = 1) -> float:
+    """Largest singular value that float32 rounding of the weights can fake in a sum of `terms` task vectors:
+    τ = θ − θ0 carries errors up to eps_float32 · |θ0| per entry, so singular values up to
+    terms · eps_float32 · ‖θ0‖_F may be rounding noise (a task vector 100× smaller than its weights puts such
+    noise at ~1e-5 of its own σ_max, above numpy's relative rule on small matrices)."""
+    return terms * EPS32 * float(theta0.double().norm())
+
+
+def polar(a: torch.Tensor, at_rank: bool, noise: float = 0.0) -> torch.Tensor:
+    """The orthogonal polar factor P Qᵀ of `a` (same shape), optionally from its numerical-rank part only,
+    where singular values up to `noise` also count as null (`a` stacks singular vectors known only to that
+    precision: `vector_noise`)."""
     p, s, qh = torch.linalg.svd(a, full_matrices=False)
     if at_rank:
-        r = numerical_rank(s, a.shape)
+        r = numerical_rank(s, a.shape, noise)
         p, qh = p[:, :r], qh[:r]
     return p @ qh
 
 
-def task_seed(seed: int, task: int, key: str) -> int:
-    """A seed per (seed, task index, tensor name): independent of the order keys are streamed in."""
-    digest = hashlib.sha256(f"{seed}/{task}/{bare(key)}".encode()).digest()
+def vector_noise(kept: list[torch.Tensor], floors: list[float]) -> float:
+    """How far rounding noise of the weights can move the singular vectors kept from several matrices: the
+    vectors of singular value σ are known to about noise_floor / σ (first order), so two that coincide in
+    exact arithmetic (task vectors sharing a direction) differ by up to that much, the largest over all."""
+    return max((floor / float(sv[-1]) for sv, floor in zip(kept, floors, strict=True) if sv.numel() and sv[-1] > 0),
+               default=0.0)
+
+
+def span_rank(taus: torch.Tensor, floor: float) -> int:
+    """How many singular directions N task vectors (N × m × n) determine: the smaller of the numerical ranks
+    of their column spaces and of their row spaces (`floor`: one task vector's `noise_floor`).
+
+    Full-rank task vectors span everything (min(m, n)) however ill-conditioned their sum is; low-rank ones
+    (Effort/FMSD specialists) span at most the sum of their ranks.
+    """
+    shape = taus.shape[1:]
+    lefts, rights = [], []
+    for tau in taus:
+        u, sv, vh = torch.linalg.svd(tau, full_matrices=False)
+        r = numerical_rank(sv, shape, floor)
+        if r == min(shape):
+            return r
+        lefts.append(u[:, :r] * sv[:r])
+        rights.append(sv[:r, None] * vh[:r])
+    if not any(left.shape[1] for left in lefts):
+        return 0
+    stacked = len(taus) * floor
+    return min(numerical_rank(torch.linalg.svdvals(torch.cat(lefts, 1)), shape, stacked),
+               numerical_rank(torch.linalg.svdvals(torch.cat(rights, 0)), shape, stacked))
+
+
+def content_seed(seed: int, fingerprint: str, key: str) -> int:
+    """A seed per (seed, specialist content, tensor name): independent of the order of the specialists and
+    of the order keys are streamed in."""
+    digest = hashlib.sha256(f"{seed}/{fingerprint}/{bare(key)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def truncation_rank(shape: tuple[int, ...], rank_ratio: float) -> int:
-    """⌈rank_ratio · min(m, n)⌉, at least 1."""
-    return max(1, math.ceil(rank_ratio * min(shape) - 1e-9))
+def truncation_rank(shape: tuple[int, ...], rank_ratio: float, rounding: str = "up") -> int:
+    """rank_ratio · min(m, n) rounded `up` (⌈·⌉) or `down` (⌊·⌋, as CART's and the R²M authors' code), ≥ 1."""
+    x = rank_ratio * min(shape)
+    return max(1, math.ceil(x - 1e-9) if rounding == "up" else math.floor(x + 1e-9))
 
 
-def truncated_svd(t: torch.Tensor, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+EXACT_UP_TO = 256  # svd="auto": exact SVD while min(m, n) ≤ this (at 768 it costs 7–15× the randomized one)
+SVD_MODE = choice("auto", "auto", "exact", "randomized")  # the `svd` parameter of the truncating methods
+
+
+def truncated_svd(t: torch.Tensor, rank: int, seed: int, svd: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Best rank-`rank` approximation of a matrix as factors (L, R) with L @ R ≈ t.
 
-    Exact SVD for small matrices or large ranks; otherwise a seeded randomized subspace iteration (Halko
-    et al.: POWER_ITERATIONS passes, max(OVERSAMPLE, rank // 10) extra directions) in the smaller of the
-    two spaces, re-orthonormalised there only (the other side's products stay well conditioned for this
-    few passes). The rank-`rank` part comes from the eigenvectors of the small q × q Gram of the projected
-    matrix (float64), not from an SVD of the q × n sketch. Deterministic for a given seed. On full-rank
-    matrices with flat or decaying spectra the error stays within 1 % of the exact truncation's for
-    ranks up to a fifth of min(m, n).
+    `svd="exact"`: from the full SVD. `"randomized"`: a seeded randomized subspace iteration (Halko et al.:
+    POWER_ITERATIONS passes, max(OVERSAMPLE, rank // 10) extra directions) in the smaller of the two spaces,
+    re-orthonormalised there only (the other side's products stay well conditioned for this few passes); the
+    rank-`rank` part comes from the eigenvectors of the small q × q Gram of the projected matrix (float64),
+    not from an SVD of the q × n sketch. Deterministic for a given seed; on full-rank matrices with flat or
+    decaying spectra its error stays within 1 % of the exact truncation's for ranks up to a fifth of
+    min(m, n). `"auto"`: exact for min(m, n) ≤ EXACT_UP_TO or ranks above a quarter of it, else randomized.
     """
     k = min(t.shape)
     if rank >= k:
         return (t, torch.eye(t.shape[1], dtype=t.dtype)) if t.shape[0] <= t.shape[1] else \
             (torch.eye(t.shape[0], dtype=t.dtype), t)
-    if k <= 256 or 4 * rank > k:
+    if svd == "exact" or (svd == "auto" and (k <= EXACT_UP_TO or 4 * rank > k)):
         u, sv, vh = torch.linalg.svd(t, full_matrices=False)
         return u[:, :rank] * sv[:rank], vh[:rank]
     wide = t.shape[0] <= t.shape[1]

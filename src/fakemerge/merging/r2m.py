@@ -7,11 +7,14 @@
   with w = U_k Λ_k⁻¹ U_kᵀ B 1/N (B = C, or H C with the centring H = I − 11ᵀ/N when `center`).
   Core tensors: all but biases and norm layers, whose core is the plain mean τ̄.
 - The fake residuals τi − τ_core (`residual="subtract"`) or (I − Π)τi (`"orthogonal"`: τi − A_lᵀ W e_i)
-  are truncated to rank ⌈rank_ratio · min(m, n)⌉ for every attention/MLP linear weight (`self_attn.` /
-  `mlp.` 2-D `.weight`s); other tensors keep their whole residual. `rank_ratio="auto"` keeps, per task and
-  tensor, the smallest rank holding `energy` of the residual's Frobenius energy.
-- τ_res = (1/N) Σ (m̄/m_i) τi^fake with m_i the global L2 norm of task i's truncated residual. A residual
-  below ZERO_RESIDUAL × ‖τi‖ is rounding noise and gets weight 0, so N identical specialists give back that
+  are truncated to rank rank_ratio · min(m, n), rounded up (`rank_round="up"`; the authors' script and CART
+  round down: `"down"`), for every attention/MLP linear weight (`self_attn.` / `mlp.` 2-D `.weight`s); other
+  tensors keep their whole residual. `rank_ratio="auto"` keeps, per task and tensor, the smallest rank
+  holding `energy` of the residual's Frobenius energy. `svd` chooses exact or randomized truncations
+  (`lowrank.truncated_svd`); randomized ones are seeded by (seed, specialist content, key).
+- τ_res = (1/N) Σ (m̄/m_i) τi^fake with m_i the global L2 norm of task i's truncated residual
+  (`norm_of="truncated"`) or of its residual before truncation (`"residual"`). A residual below
+  ZERO_RESIDUAL × ‖τi‖ is rounding noise and gets weight 0, so N identical specialists give back that
   specialist (with `center` their core vanishes and the result is θ0).
 - η = α‖τ_core‖ (`eta="script"`, the authors' script) or α‖τ_core‖/‖τ_res‖ (`"relative"`: the residual gets
   α times the core's norm).
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from fakemerge.keys import is_bias_or_norm, is_linear_weight
-from fakemerge.merging.lowrank import task_seed, truncated_svd, truncation_rank
+from fakemerge.merging.lowrank import SVD_MODE, content_seed, truncated_svd, truncation_rank
 from fakemerge.merging.registry import Plan, choice, flag, integer, merge_method, number
 from fakemerge.merging.streams import TaskStream
 
@@ -73,14 +76,14 @@ def _energy_rank(sv: torch.Tensor, energy: float) -> int:
     return min(sv.numel(), int((cum < energy * cum[-1]).sum()) + 1)
 
 
-def _truncate(res: torch.Tensor, rank_ratio: float | str, energy: float,
+def _truncate(res: torch.Tensor, rank_ratio: float | str, energy: float, rank_round: str, svd: str,
               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Factors (L, R) of one residual's low-rank approximation."""
     if rank_ratio == "auto":
         u, sv, vh = torch.linalg.svd(res, full_matrices=False)
         r = _energy_rank(sv, energy)
         return u[:, :r] * sv[:r], vh[:r]
-    return truncated_svd(res, truncation_rank(res.shape, rank_ratio), seed)
+    return truncated_svd(res, truncation_rank(res.shape, rank_ratio, rank_round), seed, svd)
 
 
 def _factor_gram(factors: Factors) -> torch.Tensor:
@@ -110,6 +113,9 @@ class Coefficients:
     res_core: torch.Tensor  # residual_i = Σ_j R[i, j] τj on core tensors
     rank_ratio: float | str
     energy: float
+    rank_round: str
+    svd: str
+    seeds: list[str]  # per task: its content fingerprint, which seeds its randomized truncations
     seed: int
 
     def __post_init__(self):
@@ -131,17 +137,16 @@ class Coefficients:
     def truncated(self, key: str, taus: torch.Tensor) -> Factors:
         """Factors of the N truncated residuals of one linear weight."""
         res = self.residuals(key, taus)
-        return [_truncate(row.reshape(taus.shape[1:]), self.rank_ratio, self.energy, task_seed(self.seed, i, key))
-                for i, row in enumerate(res)]
+        return [_truncate(row.reshape(taus.shape[1:]), self.rank_ratio, self.energy, self.rank_round, self.svd,
+                          content_seed(self.seed, fp, key)) for fp, row in zip(self.seeds, res, strict=True)]
 
 
 def _coefficients(grams: dict[str, torch.Tensor], sizes: dict[str, int], n: int, k: int, center: bool,
-                  block_norm: str, residual: str, rank_ratio: float | str, energy: float,
-                  seed: int) -> Coefficients:
+                  block_norm: str, residual: str, **truncation) -> Coefficients:
     w_core, w_proj, eigvals = _core_coefficients(grams, sizes, n, k, center, block_norm)
     eye = torch.eye(n, dtype=torch.float64)
     res_core = eye - w_proj.T if residual == "orthogonal" else eye - w_core[None, :]
-    return Coefficients(n, w_core, w_proj, eigvals, res_core, rank_ratio, energy, seed)
+    return Coefficients(n, w_core, w_proj, eigvals, res_core, **truncation)
 
 
 @dataclass
@@ -151,7 +156,7 @@ class R2MPlan(Plan):
     cache: dict[str, Factors]  # residual factors kept from the prepare pass
     ranks: dict[str, list[int]]  # truncation rank per linear weight and task
     layer_norms: dict[str, list[float]]  # ‖residual_i‖ per tensor
-    m: torch.Tensor  # ‖τi^fake‖ over the backbone (0: rounding noise)
+    m: torch.Tensor  # m_i: ‖τi^fake‖ (truncated or not, as `norm_of` says) over the backbone (0: rounding noise)
     ratio: torch.Tensor  # norm-matching weights m̄ / m_i
     res_norm: float
     core_norm: float
@@ -161,27 +166,29 @@ class R2MPlan(Plan):
         cached = self.cache.pop(key, None)
         return cached if cached is not None else self.coef.truncated(key, taus)
 
-    def diagnostics(self) -> dict:
+    def diagnostics(self, per_task) -> dict:
         return {
             "r2m_eigenvalues": self.coef.eigvals.tolist(),
             "r2m_core_energy": {key: _core_energy(self.coef.w_proj, g) for key, g in self.grams.items()
                                 if not is_bias_or_norm(key)},
-            "r2m_residual_layer_norms": self.layer_norms,
-            "r2m_residual_ranks": self.ranks,
-            "r2m_norm_weights": self.ratio.tolist(),
+            "r2m_residual_layer_norms": {key: per_task(v) for key, v in self.layer_norms.items()},
+            "r2m_residual_ranks": {key: per_task(v) for key, v in self.ranks.items()},
+            "r2m_norm_weights": per_task(self.ratio.tolist()),
             "r2m_core_norm": self.core_norm,
             "r2m_residual_norm": self.res_norm,
             "r2m_eta": self.scale,
-            "r2m_residual_task_norms": self.m.tolist(),
+            "r2m_residual_task_norms": per_task(self.m.tolist()),
         }
 
 
 def prepare_r2m(stream: TaskStream, grams: dict[str, torch.Tensor], k: int, rank_ratio: float | str, energy: float,
-                alpha: float, center: bool, block_norm: str, residual: str, eta: str, seed: int) -> R2MPlan:
+                alpha: float, center: bool, block_norm: str, residual: str, eta: str, rank_round: str,
+                norm_of: str, svd: str, seed: int) -> R2MPlan:
     """The core from the Grams, then one pass over the truncated residuals for their norms and η."""
     s, n = stream, stream.n
     sizes = {key: s.shapes[key].numel() for key in grams}
-    coef = _coefficients(grams, sizes, n, k, center, block_norm, residual, rank_ratio, energy, seed)
+    coef = _coefficients(grams, sizes, n, k, center, block_norm, residual, rank_ratio=rank_ratio, energy=energy,
+                         rank_round=rank_round, svd=svd, seeds=s.fingerprints, seed=seed)
     model_bytes = sum(sizes.values()) * 4
     cache: dict[str, Factors] = {}
     ranks: dict[str, list[int]] = {}
@@ -204,7 +211,11 @@ def prepare_r2m(stream: TaskStream, grams: dict[str, torch.Tensor], k: int, rank
         res_gram += gram
         layer_norms[key] = gram.diagonal().clamp_min(0).sqrt().tolist()
     task_sq = sum(grams.values(), torch.zeros(n, n, dtype=torch.float64)).diagonal()
-    m = res_gram.diagonal().clamp_min(0).sqrt()
+    if norm_of == "truncated":
+        m = res_gram.diagonal().clamp_min(0).sqrt()
+    else:  # ‖residual_i‖² = Σ_l (R_l G_l R_lᵀ)_ii, from the Grams alone
+        full = sum(coef.residual_weights(key) @ g @ coef.residual_weights(key).T for key, g in grams.items())
+        m = full.diagonal().clamp_min(0).sqrt()
     m = torch.where(m > ZERO_RESIDUAL * task_sq.sqrt(), m, torch.zeros_like(m))
     ratio = torch.where(m > 0, m.mean() / m.clamp_min(1e-300), torch.zeros_like(m))
     c = ratio / n
@@ -219,12 +230,14 @@ def prepare_r2m(stream: TaskStream, grams: dict[str, torch.Tensor], k: int, rank
 
 # Defaults: rank_ratio 0.05 and alpha 0.8 were chosen on ForgeryLab's validation split from the grid
 # r ∈ {0.05, 0.1, 0.2} × α ∈ {0.4, 0.6, 0.8} (docs/results.md); the other open choices (center, block_norm,
-# residual, eta) did not beat them on validation.
+# residual, eta) did not beat them on validation; rank_round and norm_of keep the choices made before they
+# were options (not yet compared on validation).
 @merge_method("r2m", prepare=prepare_r2m, k=integer(1, 1),
               rank_ratio=number(0.05, 0, 1, lo_open=True, also=("auto",)), energy=number(0.9, 0, 1, lo_open=True),
               alpha=number(0.8), center=flag(False), block_norm=choice("none", "none", "balanced"),
               residual=choice("subtract", "subtract", "orthogonal"), eta=choice("script", "script", "relative"),
-              seed=integer(0, 0))
+              rank_round=choice("up", "up", "down"), norm_of=choice("truncated", "truncated", "residual"),
+              svd=SVD_MODE, seed=integer(0, 0))
 def r2m(key: str, taus: torch.Tensor, plan: R2MPlan) -> torch.Tensor:
     """R²M: θ0 + τ_core + η · τ_res (shared Real core + truncated, norm-balanced Fake residuals)."""
     coef, c = plan.coef, plan.ratio / plan.coef.n

@@ -5,8 +5,9 @@ stacked N × shape, in the compute dtype) declared with `@merge_method(name, par
 decorator carries every parameter with its default and rule, written once. A method that needs the whole
 model first (TIES' global threshold, R²M's cross-layer Gram) also declares a `prepare(stream, ...)` pass that
 returns a `Plan` (whatever the deltas share, plus its diagnostics). Each function receives exactly what its
-signature names: a delta any of `key`, `taus`, `plan` and the parameters; a prepare `stream` (the
-`TaskStream`), `grams` and the parameters.
+signature names: a delta any of `key`, `taus`, `theta0` (the base tensor), `plan`, `fingerprints` (one
+content hash per row of taus, for seeds that do not depend on the specialists' order) and the parameters; a
+prepare `stream` (the `TaskStream`), `grams` and the parameters.
 
 The driver (`MergeRun`) owns everything else: the per-tensor Gram pass when a prepare names `grams`, the key
 loop in the base's order, pass-through of non-float tensors, θ0 + Δ in the base's dtype, and the report (task
@@ -72,8 +73,9 @@ def flag(default: bool) -> Param:
 class Plan:
     """What a method's prepare pass learned for its deltas (subclassed by each method that has one)."""
 
-    def diagnostics(self) -> dict:
-        """What the merge report shows about this plan (JSON-able values)."""
+    def diagnostics(self, per_task: Callable[[Sequence], list]) -> dict:
+        """What the merge report shows about this plan (JSON-able values); `per_task` puts a per-task list
+        (the stream's canonical order) in the order the specialists were given."""
         return {}
 
 
@@ -102,7 +104,7 @@ class MergeMethod:
 
 
 METHODS: dict[str, MergeMethod] = {}
-DELTA_ARGS = {"key", "taus", "plan"}  # what the driver offers every delta, besides the parameters
+DELTA_ARGS = {"key", "taus", "theta0", "plan", "fingerprints"}  # what the driver offers a delta, besides parameters
 PREPARE_ARGS = {"stream", "grams"}  # ... and every prepare
 
 
@@ -162,7 +164,7 @@ def resolve_params(name: str, params: Mapping[str, object]) -> dict[str, object]
 class MergeRun:
     """Iterates `(key, merged tensor)` for every key of the base, in its order; after the last one,
     `gram` (N×N, float64, over every float tensor) and `diagnostics` (task norms and cosines, plus the
-    method's own) are set."""
+    method's own) are set, per task in the order the specialists were given."""
 
     def __init__(self, method: MergeMethod, stream: TaskStream, params: dict[str, object]):
         self.method, self.stream, self.params = method, stream, params
@@ -190,11 +192,12 @@ class MergeRun:
             if grams is None:
                 flat = taus.reshape(s.n, -1)
                 total += (flat @ flat.T).double()
-            delta = call(method.delta, key=key, taus=taus, plan=plan, **self.params)
             base = s.theta0(key)
+            delta = call(method.delta, key=key, taus=taus, theta0=base, plan=plan, fingerprints=s.fingerprints,
+                         **self.params)
             yield key, (base.to(delta.dtype) + delta).to(base.dtype)
-        self.gram = total
-        self._diagnostics = {**gram_report(total), **plan.diagnostics()}
+        self.gram = s.given_gram(total)
+        self._diagnostics = {**gram_report(self.gram), **plan.diagnostics(s.given_order)}
 
 
 def gram_pass(s: TaskStream) -> dict[str, torch.Tensor]:
@@ -215,11 +218,15 @@ def gram_report(gram: torch.Tensor) -> dict[str, list]:
 
 
 def merge_iter(method: str, base: Mapping[str, torch.Tensor], specialists: Sequence[Mapping[str, torch.Tensor]],
-               *, progress: Progress = silent, **params) -> MergeRun:
+               *, progress: Progress = silent, fingerprints: Sequence[str] | None = None, **params) -> MergeRun:
     """The merge as a `MergeRun`: parameters and key sets are validated now, tensors produced when iterated
-    (a tensor whose shape differs from the base's raises InputError when it is first read)."""
+    (a tensor whose shape differs from the base's raises InputError when it is first read).
+
+    `fingerprints`: a content hash per specialist (the file engine passes the sha256 it computed anyway);
+    without them each specialist is hashed first (one extra read). They fix the order the methods see.
+    """
     resolved = resolve_params(method, params)
-    return MergeRun(get_method(method), TaskStream(base, specialists, progress), resolved)
+    return MergeRun(get_method(method), TaskStream(base, specialists, progress, fingerprints), resolved)
 
 
 def merge(method: str, base: Mapping[str, torch.Tensor], specialists: Sequence[Mapping[str, torch.Tensor]],
