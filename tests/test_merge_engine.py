@@ -240,17 +240,17 @@ def test_changed_model_refused_against_expected_hash(tiny_base, specs, tmp_path)
 
 
 def test_crash_mid_merge_leaves_no_file(tiny_base, specs, tmp_path, monkeypatch):
-    import fakemerge.merging as merging
+    from fakemerge.merging.registry import MergeRun
 
-    real = merging.merge_iter
+    real = MergeRun.__iter__
 
-    def crashing(*args, **kwargs):
-        for i, item in enumerate(real(*args, **kwargs)):
+    def crashing(self):
+        for i, item in enumerate(real(self)):
             if i == 3:
                 raise RuntimeError("boom")
             yield item
 
-    monkeypatch.setattr(merging, "merge_iter", crashing)
+    monkeypatch.setattr(MergeRun, "__iter__", crashing)
     with pytest.raises(RuntimeError, match="boom"):
         merge_to("average", tiny_base, specs, tmp_path / "m.safetensors")
     assert list(tmp_path.iterdir()) == []
@@ -326,10 +326,10 @@ def test_recipe_file_errors(tmp_path):
 
     p = tmp_path / "r.yaml"
     for text, message in [
-        ("method: r2m\nmodels: [a.safetensors]\n", "no 'base'"),
-        ("method: r2m\nbase: b\nmodels: [a]\nalpha: 1\n", "unknown recipe key"),
+        ("method: r2m\nmodels: [a.safetensors]\n", "exactly one of 'base' and 'base_model'"),
+        ("method: r2m\nbase: b\nmodels: [a]\nalpha: 1\n", "alpha: Extra inputs are not permitted"),
         ("method: [\n", "not valid YAML"),
-        ("method: r2m\nbase: b\nmodels: [{path: a}]\n", "needs a 'model' path"),
+        ("method: r2m\nbase: b\nmodels: [{path: a}]\n", r"models\.0\.model: Field required"),
     ]:
         p.write_text(text)
         with pytest.raises(InputError, match=message):

@@ -19,6 +19,10 @@ def registered():
         del METHODS[name]
 
 
+def FORMULA(p, n, weights, densities):  # noqa: N802 -- a constant-like stand-in
+    return "θ0 + toy(τ1…τn)"
+
+
 class Offset(Plan):
     def __init__(self, total: float):
         self.total = total
@@ -34,7 +38,7 @@ def test_a_method_is_one_decorated_function(registered):
         seen_grams.update(grams)
         return Offset(sum(float(stream.stacked(k).sum()) for k in stream.float_keys()) + shift)
 
-    @merge_method("toy", prepare=prepare, shift=number(1.0), double=flag(False))
+    @merge_method("toy", prepare=prepare, shift=number(1.0), double=flag(False), formula=FORMULA)
     def toy(key, taus, plan, double):
         """Mean task vector plus the plan's total (a method made for this test)."""
         return taus.mean(0) * (2 if double else 1) + plan.total
@@ -58,7 +62,7 @@ def test_a_method_is_one_decorated_function(registered):
 
 
 def test_methods_without_prepare_get_the_gram_from_the_final_pass(registered):
-    @merge_method("largest")
+    @merge_method("largest", formula=FORMULA)
     def largest(taus):
         """The largest task-vector entry (a method made for this test)."""
         return taus.amax(0)
@@ -73,12 +77,14 @@ def test_methods_without_prepare_get_the_gram_from_the_final_pass(registered):
 
 def test_declarations_are_checked_at_registration(registered):
     with pytest.raises(TypeError, match="unused"):
-        merge_method("bad1", scale=number(1.0))(lambda taus: taus[0])
+        merge_method("bad1", scale=number(1.0), formula=FORMULA)(lambda taus: taus[0])
     with pytest.raises(TypeError, match="undeclared"):
-        merge_method("bad2")(lambda taus, scale: taus[0])
+        merge_method("bad2", formula=FORMULA)(lambda taus, scale: taus[0])
     with pytest.raises(TypeError, match="duplicate"):
-        merge_method("average")(lambda taus: taus[0])
-    assert "bad1" not in METHODS and "bad2" not in METHODS
+        merge_method("average", formula=FORMULA)(lambda taus: taus[0])
+    with pytest.raises(TypeError, match="aliased but not declared"):
+        merge_method("bad3", aliases={"factor": "scale"}, formula=FORMULA)(lambda taus: taus[0])
+    assert not {"bad1", "bad2", "bad3"} & set(METHODS)
 
 
 @pytest.mark.parametrize("param, good, bad", [
@@ -92,8 +98,14 @@ def test_parameter_rules(param, good, bad):
     assert all(param.check(v) for v in good) and not any(param.check(v) for v in bad)
 
 
-def test_resolve_params_names_the_rule():
+def test_resolve_params_names_the_rule_and_takes_fusionbench_spellings():
     assert resolve_params("ties", {"density": 0.5})["density"] == 0.5
+    assert resolve_params("ties", {"threshold": 0.5, "scaling_factor": 1.0}) | {"merge_func": "sum"} == \
+        {"density": 0.5, "scaling": 1.0, "merge_func": "sum"}
+    assert resolve_params("dare", {"sparsity_ratio": 0.3})["drop_rate"] == 0.3
+    assert resolve_params("iso_cts", {"common_space_fraction": 0.5})["common_fraction"] == 0.5
+    with pytest.raises(InputError, match="'density' given twice"):
+        resolve_params("ties", {"density": 0.5, "threshold": 0.5})
     with pytest.raises(InputError, match=r"density=0 must be in \(0, 1\]"):
         resolve_params("ties", {"density": 0})
     with pytest.raises(InputError, match="unknown parameter 'dropout'"):
@@ -105,7 +117,7 @@ def test_resolve_params_names_the_rule():
 def test_methods_see_one_canonical_order_and_report_in_the_given_one(registered):
     seen = []
 
-    @merge_method("rows")
+    @merge_method("rows", formula=FORMULA)
     def rows(taus, fingerprints):
         """Records the order it sees (a method made for this test)."""
         seen.append(list(fingerprints))
@@ -118,3 +130,22 @@ def test_methods_see_one_canonical_order_and_report_in_the_given_one(registered)
     assert one.diagnostics["task_norms"] == [1.0, 4.0] and two.diagnostics["task_norms"] == [4.0, 1.0]
     given = merge_iter("rows", base, [a, b], fingerprints=["z", "y"])  # the caller's content hashes
     assert float(dict(given)["w"]) == 3.0 and seen[-1] == ["y", "z"]
+
+
+def test_per_model_values_are_checked_before_any_tensor():
+    base, specs = {"w": torch.zeros(2)}, [{"w": torch.ones(2)}, {"w": -torch.ones(2)}]
+    assert merge_iter("ties", base, specs, weights=[1, 0.5]).formula == \
+        "θ0 + 0.3·ties_sum(top20%(τ1), 0.5·top20%(τ2))"
+    assert merge_iter("ties", base, specs, densities=[None, 0.5]).formula == \
+        "θ0 + 0.3·ties_sum(top20%(τ1), top50%(τ2))"
+    for kwargs, message in [({"weights": [1.0]}, "1 per-model weights for 2"),
+                            ({"weights": [1.0, float("nan")]}, "model 2: weight nan"),
+                            ({"densities": [0.0, None]}, r"model 1: density 0.0 must be in \(0, 1\]")]:
+        with pytest.raises(InputError, match=message):
+            merge_iter("ties", base, specs, **kwargs)
+    with pytest.raises(InputError, match="per-model weight is not defined for it"):
+        merge_iter("tsv", base, specs, weights=[1, 2])
+    with pytest.raises(InputError, match="per-model density is not defined"):
+        merge_iter("task_arithmetic", base, specs, densities=[0.5, 0.5])
+    with pytest.raises(InputError, match="weights sum to 0"):
+        merge_iter("average", base, specs, weights=[1, -1])

@@ -2,7 +2,7 @@
 
     fakemerge merge --method r2m --base BASE FS.safetensors FR.safetensors -o merged.safetensors \
         --set alpha=0.6
-    fakemerge merge recipe.yaml [-o OUT]
+    fakemerge merge recipe.yaml [-o OUT]          # fakemerge's or mergekit's spelling (merging/recipe.py)
     fakemerge merge --add EFS.safetensors --from merged.safetensors -o merged2.safetensors
 """
 
@@ -29,6 +29,8 @@ def merge_command(
     add: list[str] = typer.Option(None, "--add", help="New specialist(s) to add (with --from or a recipe)."),
     from_: Path = typer.Option(None, "--from", help="Merged file whose stored recipe is rebuilt with --add."),
     force: bool = typer.Option(False, "--force", help="Merge despite a base-hash or recipe-hash mismatch."),
+    dtype: str = typer.Option(None, "--dtype", help="Output dtype: float32 | float16 | bfloat16 | float64 "
+                              "(default: the base's)."),
 ) -> None:
     """Merge specialists fine-tuned from one base into one detector (streamed: low memory)."""
     from fakemerge.config import parse_assignments
@@ -36,7 +38,9 @@ def merge_command(
     from fakemerge.merging.recipe import recipe_from_args
 
     params = parse_assignments(list(set_ or []), "--set")
-    recipe = recipe_from_args(list(inputs or []), method, base, list(add or []), from_, params, head, out)
+    recipe = recipe_from_args(list(inputs or []), method, base, list(add or []), from_, params, head, out, dtype)
+    for note in recipe.notes:
+        ui.err.print(f"note: {note}", highlight=False)
     start = time.perf_counter()
     with ui.bars() as progress:
         result = merge_files(recipe, report_dir=report, force=force, progress=progress)
@@ -46,6 +50,8 @@ def merge_command(
     ui.out.print(f"[green]merged[/green] {len(recipe.models)} specialists with {meta.method} ({shown}) "
                       f"→ {result.out} in {seconds:.1f} s; families: {', '.join(meta.families) or '-'}",
                       highlight=False)
+    legend = ", ".join(f"τ{i + 1} = {Path(m).stem}" for i, m in enumerate(recipe.models))
+    ui.out.print(f"applied: {meta.recipe['formula']}  ({legend})", highlight=False)
     table = Table(title="task vectors")
     names = [Path(m).stem for m in recipe.models]
     table.add_column("specialist")

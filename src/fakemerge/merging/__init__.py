@@ -11,6 +11,14 @@ here (the file-level engine in `engine.py` does it). A method is one decorated f
 # Each module registers its methods, in this order (the order of METHODS: baselines first, R²M last).
 from fakemerge.merging import elementwise, svd_methods  # noqa: F401  # isort: skip
 from fakemerge.merging import r2m  # noqa: F401  # isort: skip
-from fakemerge.merging.registry import METHODS, MergeMethod, merge, merge_iter, method_defaults, resolve_params
+from fakemerge.merging.registry import (
+    METHODS,
+    MergeMethod,
+    merge,
+    merge_iter,
+    method_defaults,
+    resolve_params,
+    validate,
+)
 
-__all__ = ["METHODS", "MergeMethod", "merge", "merge_iter", "method_defaults", "resolve_params"]
+__all__ = ["METHODS", "MergeMethod", "merge", "merge_iter", "method_defaults", "resolve_params", "validate"]

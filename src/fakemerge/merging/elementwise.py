@@ -1,11 +1,16 @@
-"""Element-wise merges as one family (mergekit's generalized task arithmetic): sparsify → elect signs →
-combine → scale, all in `combine`.
+"""Element-wise merges as one family (mergekit's generalized task arithmetic): sparsify → weigh → elect signs
+→ combine → scale, all in `combine`.
 
 `average`, `task_arithmetic`, `ties` and `dare` are settings of it: average = mean, no scale; task
 arithmetic = scaling · Σ τi (a sum: scaling = 1/N is the average); TIES = keep each task's top `density`
 entries over the whole model, elect a sign per entry, combine the agreeing entries; DARE = drop entries at
 random (kept ones rescaled by 1/(1 − p)), then the sum. Semantics follow FusionBench 0.2.33. Memory: base + N
 tensors of one key (TIES' prepare pass: one model's magnitudes, one task at a time).
+
+Per-model weights wi (a recipe's `models: [{model, parameters: {weight}}]`) multiply each sparsified task
+vector: average = Σ wi τi / Σ wi, task arithmetic and DARE = scaling · Σ wi τi', TIES elects signs on the
+weighted values and its `mean` divides by the agreeing weights. Per-model densities replace `density` (TIES)
+or 1 − `drop_rate` (DARE) for that model. Each method's formula says what was applied.
 """
 
 from __future__ import annotations
@@ -14,25 +19,33 @@ from dataclasses import dataclass
 
 import torch
 
+from fakemerge.errors import InputError
 from fakemerge.merging.lowrank import content_seed
-from fakemerge.merging.registry import Plan, choice, flag, integer, merge_method, number
+from fakemerge.merging.registry import Plan, choice, flag, integer, merge_method, number, weighted
 from fakemerge.merging.streams import TaskStream
 
 SCALING = number(0.3)  # FusionBench's default scaling factor for task arithmetic, TIES and DARE
+FUSIONBENCH = {"scaling_factor": "scaling"}  # FusionBench's name for the scaling
 
 
-def combine(taus: torch.Tensor, *, keep: torch.Tensor | None = None, rescale: float | None = None,
-            majority: float | None = None, reduce: str = "sum", scaling: float = 1.0) -> torch.Tensor:
+def combine(taus: torch.Tensor, *, keep: torch.Tensor | None = None, rescale: torch.Tensor | float | None = None,
+            weights: list[float] | None = None, majority: float | None = None, reduce: str = "sum",
+            scaling: float = 1.0) -> torch.Tensor:
     """The generalized task arithmetic of N stacked task vectors (N × shape).
 
-    keep: entries to keep (the rest become 0); rescale: divide the kept entries by it; majority: elect a
-    sign per entry (sign of the sum, `majority` where the sum is 0) and keep only entries of that sign;
-    reduce: sum | mean (over all N) | disjoint_mean (over the entries kept) | max (largest magnitude × sign).
+    keep: entries to keep (the rest become 0); rescale: divide the kept entries by it (one value, or one per
+    task as N × 1 …); weights: multiply task i by wi; majority: elect a sign per entry (sign of the sum,
+    `majority` where the sum is 0) and keep only entries of that sign; reduce: sum | mean (over all N;
+    weighted: Σ wi τi / Σ wi) | disjoint_mean (over the entries kept; weighted: divided by their weights) |
+    max (largest magnitude × sign).
     """
     if keep is not None:
         taus = torch.where(keep, taus, 0.0)
     if rescale is not None:
         taus = taus / rescale
+    w = None if weights is None else per_task(torch.tensor(weights, dtype=taus.dtype), taus)
+    if w is not None:
+        taus = taus * w
     sign = None
     if majority is not None:
         sign = torch.sign(taus.sum(0))
@@ -41,9 +54,13 @@ def combine(taus: torch.Tensor, *, keep: torch.Tensor | None = None, rescale: fl
     if reduce == "sum":
         merged = taus.sum(0)
     elif reduce == "mean":
-        merged = taus.mean(0)
+        merged = taus.mean(0) if w is None else taus.sum(0) / w.sum()
     elif reduce == "disjoint_mean":
-        merged = taus.sum(0) / (taus != 0).sum(0).clamp_min(1)
+        if w is None:
+            merged = taus.sum(0) / (taus != 0).sum(0).clamp_min(1)
+        else:  # over the weights of the agreeing entries (0 where none agrees)
+            total = ((taus != 0) * w).sum(0)
+            merged = torch.where(total != 0, taus.sum(0) / total, 0.0)
     elif reduce == "max" and sign is not None:
         merged = taus.abs().max(0).values * sign
     else:
@@ -51,16 +68,42 @@ def combine(taus: torch.Tensor, *, keep: torch.Tensor | None = None, rescale: fl
     return scaling * merged
 
 
-@merge_method("average")
-def average(taus: torch.Tensor) -> torch.Tensor:
-    """Mean of the specialists (the base is not part of the mean)."""
-    return combine(taus, reduce="mean")
+def per_task(values: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
+    """One value per task, shaped to broadcast over N × shape."""
+    return values.reshape(-1, *[1] * (taus.ndim - 1))
 
 
-@merge_method("task_arithmetic", scaling=SCALING)
-def task_arithmetic(taus: torch.Tensor, scaling: float) -> torch.Tensor:
-    """θ0 + scaling · Σ τi (a sum: scaling = 1/N is the average)."""
-    return combine(taus, scaling=scaling)
+def _terms(n: int, inner: str, weights: list[float] | None, densities: list | None = None, fmt=None) -> list[str]:
+    """The weighted terms of a formula, each `inner` around τi (with its density when given)."""
+    d = densities or [None] * n
+    return weighted([inner.format(tau=f"τ{i + 1}", d=fmt(d[i]) if fmt else "") for i in range(n)], weights)
+
+
+def _sum(terms: list[str]) -> str:
+    return " + ".join(terms).replace("+ -", "− ")
+
+
+def _average_formula(p: dict, n: int, weights: list[float] | None, densities: None) -> str:
+    total = n if weights is None else sum(weights)
+    if total == 0:
+        raise InputError("method 'average': the per-model weights sum to 0")
+    return f"θ0 + ({_sum(_terms(n, '{tau}', weights))})/{total:g}"
+
+
+@merge_method("average", formula=_average_formula)
+def average(taus: torch.Tensor, weights: list[float] | None) -> torch.Tensor:
+    """Mean of the specialists (the base is not part of the mean); weighted: Σ wi τi / Σ wi."""
+    return combine(taus, weights=weights, reduce="mean")
+
+
+def _ta_formula(p: dict, n: int, weights: list[float] | None, densities: None) -> str:
+    return f"θ0 + {p['scaling']:g}·({_sum(_terms(n, '{tau}', weights))})"
+
+
+@merge_method("task_arithmetic", formula=_ta_formula, aliases=FUSIONBENCH, scaling=SCALING)
+def task_arithmetic(taus: torch.Tensor, weights: list[float] | None, scaling: float) -> torch.Tensor:
+    """θ0 + scaling · Σ wi τi (a sum: scaling = 1/N is the average)."""
+    return combine(taus, weights=weights, scaling=scaling)
 
 
 @dataclass(frozen=True)
@@ -69,15 +112,14 @@ class TiesPlan(Plan):
     majority: float  # the sign elected where an entry's trimmed sum is exactly 0
 
     def keep(self, taus: torch.Tensor) -> torch.Tensor:
-        th = torch.tensor(self.thresholds, dtype=taus.dtype).reshape(-1, *[1] * (taus.ndim - 1))
-        return taus.abs() >= th
+        return taus.abs() >= per_task(torch.tensor(self.thresholds, dtype=taus.dtype), taus)
 
     def diagnostics(self, per_task) -> dict:
         return {"ties_thresholds": per_task(self.thresholds), "ties_majority_sign": self.majority}
 
 
-def ties_thresholds(s: TaskStream, density: float) -> list[float]:
-    """Per task, the magnitude that keeps the top `density` of its entries over the whole model.
+def ties_thresholds(s: TaskStream, densities: list[float]) -> list[float]:
+    """Per task, the magnitude that keeps the top `densities[i]` of its entries over the whole model.
 
     FusionBench keeps |τ| ≥ the (D − int(D·density))-th smallest |τ| (1-based), ties included. One task at
     a time, so this pass holds one model's worth of magnitudes. Integer tensors are not part of the model.
@@ -86,7 +128,7 @@ def ties_thresholds(s: TaskStream, density: float) -> list[float]:
     out = []
     for i in range(s.n):
         mags = torch.cat([s.task(i, key).abs().reshape(-1) for key in s.each(f"ties: task {i} magnitudes", keys)])
-        k = mags.numel() - int(mags.numel() * density)
+        k = mags.numel() - int(mags.numel() * densities[i])
         out.append(kth_smallest(mags, k) if k >= 1 else 0.0)
         del mags
     return out
@@ -106,32 +148,55 @@ def kth_smallest(mags: torch.Tensor, k: int) -> float:
     return mags[buckets == b].kthvalue(k - below).values.item()
 
 
-def prepare_ties(stream: TaskStream, density: float) -> TiesPlan:
+def prepare_ties(stream: TaskStream, weights: list[float] | None, densities: list[float | None] | None,
+                 density: float) -> TiesPlan:
     """The per-task trim thresholds, then the global majority sign (used where an entry's trimmed sum is 0)."""
-    trim = TiesPlan(ties_thresholds(stream, density), 0.0)
+    trim = TiesPlan(ties_thresholds(stream, [density if d is None else d for d in densities or [None] * stream.n]), 0.0)
     elected_total = 0
     for key in stream.each("ties: signs", stream.float_keys()):
         taus = stream.stacked(key)
-        elected_total += int(torch.sign(torch.where(trim.keep(taus), taus, 0.0).sum(0)).sum().item())
+        trimmed = combine(taus, keep=trim.keep(taus), weights=weights, reduce="sum")
+        elected_total += int(torch.sign(trimmed).sum().item())
     return TiesPlan(trim.thresholds, float((elected_total > 0) - (elected_total < 0)))
 
 
-@merge_method("ties", prepare=prepare_ties, density=number(0.2, 0, 1, lo_open=True), scaling=SCALING,
-              merge_func=choice("sum", "sum", "mean", "max"))
-def ties(taus: torch.Tensor, plan: TiesPlan, scaling: float, merge_func: str) -> torch.Tensor:
+def _ties_formula(p: dict, n: int, weights: list[float] | None, densities: list | None) -> str:
+    terms = _terms(n, "top{d}({tau})", weights, densities, lambda d: f"{100 * (p['density'] if d is None else d):g}%")
+    return f"θ0 + {p['scaling']:g}·ties_{p['merge_func']}({', '.join(terms)})"
+
+
+@merge_method("ties", formula=_ties_formula, prepare=prepare_ties,
+              aliases={**FUSIONBENCH, "threshold": "density"}, density=number(0.2, 0, 1, lo_open=True),
+              scaling=SCALING, merge_func=choice("sum", "sum", "mean", "max"))
+def ties(taus: torch.Tensor, plan: TiesPlan, weights: list[float] | None, scaling: float,
+         merge_func: str) -> torch.Tensor:
     """TIES-merging: trim each task to its top `density` entries (over the whole model), elect signs, merge
-    the agreeing entries disjointly (sum, mean over the agreeing tasks, or max magnitude), × scaling."""
+    the agreeing entries disjointly (ties_sum, ties_mean over the agreeing tasks, ties_max: the largest
+    magnitude), × scaling."""
     reduce = {"sum": "sum", "mean": "disjoint_mean", "max": "max"}[merge_func]
-    return combine(taus, keep=plan.keep(taus), majority=plan.majority, reduce=reduce, scaling=scaling)
+    return combine(taus, keep=plan.keep(taus), weights=weights, majority=plan.majority, reduce=reduce,
+                   scaling=scaling)
 
 
-@merge_method("dare", drop_rate=number(0.5, 0, 1, hi_open=True), seed=integer(0, 0), rescale=flag(True),
-              scaling=SCALING)
-def dare(key: str, taus: torch.Tensor, fingerprints: list[str], drop_rate: float, seed: int, rescale: bool,
+def _dare_formula(p: dict, n: int, weights: list[float] | None, densities: list | None) -> str:
+    inner = "dare{d}({tau})" if p["rescale"] else "drop{d}({tau})"
+    drop = _terms(n, inner, weights, densities, lambda d: f"{100 * (p['drop_rate'] if d is None else 1 - d):g}%")
+    return f"θ0 + {p['scaling']:g}·({_sum(drop)})" + (", dare p%: drop p % of the entries, rest ÷ (1 − p)"
+                                                  if p["rescale"] else "")
+
+
+@merge_method("dare", formula=_dare_formula, aliases={**FUSIONBENCH, "sparsity_ratio": "drop_rate"},
+              drop_rate=number(0.5, 0, 1, hi_open=True), seed=integer(0, 0), rescale=flag(True), scaling=SCALING)
+def dare(key: str, taus: torch.Tensor, fingerprints: list[str], weights: list[float] | None,
+         densities: list[float | None] | None, drop_rate: float, seed: int, rescale: bool,
          scaling: float) -> torch.Tensor:
-    """DARE: drop each task-vector entry with probability `drop_rate` (kept ones × 1/(1 − p) if `rescale`),
-    then task arithmetic. The mask of each specialist is seeded by (seed, its content, key): the same in any
-    order of the specialists."""
+    """DARE: drop each task-vector entry with probability `drop_rate` (a model's density d: 1 − d; kept ones
+    × 1/(1 − p) if `rescale`), then task arithmetic. The mask of each specialist is seeded by (seed, its
+    content, key): the same in any order of the specialists."""
+    drops = [drop_rate if d is None else 1 - d for d in densities or [None] * len(taus)]
     keep = torch.stack([torch.rand(tau.shape, generator=torch.Generator().manual_seed(content_seed(seed, fp, key)),
-                                   dtype=tau.dtype) > drop_rate for fp, tau in zip(fingerprints, taus, strict=True)])
-    return combine(taus, keep=keep, rescale=1 - drop_rate if rescale else None, scaling=scaling)
+                                   dtype=tau.dtype) > p for fp, tau, p in zip(fingerprints, taus, drops, strict=True)])
+    rescale_by = None
+    if rescale:
+        rescale_by = 1 - drop_rate if densities is None else per_task(1 - torch.tensor(drops, dtype=taus.dtype), taus)
+    return combine(taus, keep=keep, rescale=rescale_by, weights=weights, scaling=scaling)

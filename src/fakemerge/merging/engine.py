@@ -24,7 +24,7 @@ from fakemerge.errors import InputError
 from fakemerge.io import atomic_path
 from fakemerge.io.safetensors import LazyState, SafetensorsWriter
 from fakemerge.keys import HEAD_KEYS
-from fakemerge.merging.recipe import Recipe, portable, recipe_from_merged
+from fakemerge.merging.recipe import Recipe, recipe_from_merged
 from fakemerge.merging.report import jsonable, outlier_warnings, write_merge_report
 from fakemerge.merging.scan import scan_inputs
 from fakemerge.models.detector import ModelMeta, read_meta
@@ -115,9 +115,10 @@ def merge_files(recipe: Recipe, out: str | os.PathLike | None = None, *,
     one tensor per input + the method's needs.
 
     `recipe.hashes` (from a stored recipe) must equal each specialist's content hash unless `force`; `force`
-    also accepts specialists whose recorded base hash differs from the base's.
+    also accepts specialists whose recorded base hash differs from the base's. Specialists made with
+    different input preprocessing are refused: their merge would have none that suits it.
     """
-    from fakemerge.merging import merge_iter, resolve_params
+    from fakemerge.merging import merge_iter, validate
 
     if not recipe.models:
         raise InputError("merge: no specialist models given")
@@ -125,43 +126,28 @@ def merge_files(recipe: Recipe, out: str | os.PathLike | None = None, *,
         raise InputError(f"head={recipe.head}: unknown head merge (choose from {', '.join(HEAD_MODES)})")
     if out is None and recipe.out is None:
         raise InputError("merge: no output file given")
-    full_params = resolve_params(recipe.method, recipe.parameters)
+    weights, densities = recipe.per_model("weights"), recipe.per_model("densities")
+    params, _, _ = validate(recipe.method, recipe.parameters, len(recipe.models), weights, densities)
     out = Path(out if out is not None else recipe.out)
-    specialists = recipe.models
-    names = [str(p) for p in specialists]
+    names = [str(p) for p in recipe.models]
     b = open_base(recipe.base)
     layout = b.layout()
-    opened = [open_specialist(p, layout) for p in specialists]
-    states, metas, heads = (list(x) for x in zip(*opened, strict=True))
-    for name, h in zip(names[1:], heads[1:], strict=True):
-        for k in HEAD_KEYS:
-            if h[k].shape != heads[0][k].shape:
-                raise InputError(f"{name}: tensor {k} has shape {list(h[k].shape)}, "
-                                 f"{names[0]} has {list(heads[0][k].shape)}")
-    preprocessing = common_preprocessing([(n, m.preprocessing_for(n)) for n, m in zip(names, metas, strict=True)])
-
+    states, metas, heads = (list(x) for x in zip(*[open_specialist(p, layout) for p in names], strict=True))
+    preprocessing = _common_preprocessing(names, metas, heads)
     scan = scan_inputs(b.state, states, names, heads, progress)
-    for name, meta in zip(names, metas, strict=True):
-        if meta.base_hash != scan.base_hash and not force:
-            why = "records no base hash" if meta.base_hash is None else "was fine-tuned from a different base"
-            raise InputError(f"{name}: {why} (base content hash {scan.base_hash[:12]}…; "
-                             "--force to merge anyway)")
-    expected = recipe.hashes or [None] * len(names)
-    for name, want, got in zip(names, expected, scan.hashes, strict=True):
-        if want is not None and want != got and not force:
-            raise InputError(f"{name}: content changed since the recipe was recorded (sha256 {got[:12]}… ≠ "
-                             f"{want[:12]}…; --force to merge anyway)")
-    families = list(dict.fromkeys(f for m in metas for f in m.families))
-    stored = {"method": recipe.method, "base": portable(recipe.base, out.parent),
-              "models": [{"model": portable(p, out.parent), "sha256": h, "families": m.families}
-                         for p, h, m in zip(specialists, scan.hashes, metas, strict=True)],
-              "parameters": full_params, "head": recipe.head}
-    meta = ModelMeta(kind="merged", method=recipe.method, families=families, base_id=b.id,
-                     base_hash=scan.base_hash, backbone_config=b.config, recipe=stored,
-                     preprocessing=preprocessing.to_dict())
+    _check_provenance(names, metas, scan.base_hash, scan.hashes, recipe.per_model("hashes"), force)
+    run = merge_iter(recipe.method, b.state, states, weights=weights, densities=densities, progress=progress,
+                     fingerprints=scan.hashes, **params)
+    stored = recipe.stored(out.parent, scan.hashes, [m.families for m in metas], params, run.formula)
+    meta = ModelMeta(kind="merged", method=recipe.method, families=list(dict.fromkeys(f for m in metas
+                                                                                       for f in m.families)),
+                     base_id=b.id, base_hash=scan.base_hash, backbone_config=b.config, recipe=stored,
+                     preprocessing=preprocessing)
     out_layout = {**layout, **{k: (heads[0][k].dtype, tuple(heads[0][k].shape)) for k in HEAD_KEYS}}
+    if recipe.dtype is not None:
+        dtype = getattr(torch, recipe.dtype)
+        out_layout = {k: (dtype if d.is_floating_point else d, shape) for k, (d, shape) in out_layout.items()}
     with atomic_path(out) as tmp, SafetensorsWriter(tmp, out_layout, meta.to_header()) as writer:
-        run = merge_iter(recipe.method, b.state, states, progress=progress, fingerprints=scan.hashes, **full_params)
         for key, tensor in run:
             writer.write(key, tensor)
         for k, v in merge_heads(heads, recipe.head).items():
@@ -176,6 +162,31 @@ def merge_files(recipe: Recipe, out: str | os.PathLike | None = None, *,
     if report_dir is not None:
         result.report_files = write_merge_report(report_dir, result, names)
     return result
+
+
+def _common_preprocessing(names: list[str], metas: list[ModelMeta], heads: list[dict[str, torch.Tensor]]) -> dict:
+    """The specialists' one input preprocessing (refused when they differ), after checking their heads agree."""
+    for name, h in zip(names[1:], heads[1:], strict=True):
+        for k in HEAD_KEYS:
+            if h[k].shape != heads[0][k].shape:
+                raise InputError(f"{name}: tensor {k} has shape {list(h[k].shape)}, "
+                                 f"{names[0]} has {list(heads[0][k].shape)}")
+    return common_preprocessing([(n, m.preprocessing_for(n)) for n, m in zip(names, metas, strict=True)]).to_dict()
+
+
+def _check_provenance(names: list[str], metas: list[ModelMeta], base_hash: str, hashes: list[str],
+                      expected: list[str | None], force: bool) -> None:
+    """Every specialist was fine-tuned from this base and, where a recipe recorded its hash, is unchanged."""
+    if force:
+        return
+    for name, meta in zip(names, metas, strict=True):
+        if meta.base_hash != base_hash:
+            why = "records no base hash" if meta.base_hash is None else "was fine-tuned from a different base"
+            raise InputError(f"{name}: {why} (base content hash {base_hash[:12]}…; --force to merge anyway)")
+    for name, want, got in zip(names, expected, hashes, strict=True):
+        if want is not None and want != got:
+            raise InputError(f"{name}: content changed since the recipe was recorded (sha256 {got[:12]}… ≠ "
+                             f"{want[:12]}…; --force to merge anyway)")
 
 
 def add_specialists(merged: str | os.PathLike, new: list[str | os.PathLike], out: str | os.PathLike, *,

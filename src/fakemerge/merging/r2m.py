@@ -12,7 +12,9 @@
   tensors keep their whole residual. `rank_ratio="auto"` keeps, per task and tensor, the smallest rank
   holding `energy` of the residual's Frobenius energy. `svd` chooses exact or randomized truncations
   (`lowrank.truncated_svd`); randomized ones are seeded by (seed, specialist content, key).
-- τ_res = (1/N) Σ (m̄/m_i) τi^fake with m_i the global L2 norm of task i's truncated residual
+- τ_res = (1/N) Σ w_i (m̄/m_i) τi^fake (per-model weights w_i, default 1: the residual of specialist i enters
+  with norm ∝ w_i; the core is computed from all specialists alike) with m_i the global L2 norm of task i's
+  truncated residual
   (`norm_of="truncated"`) or of its residual before truncation (`"residual"`). A residual below
   ZERO_RESIDUAL × ‖τi‖ is rounding noise and gets weight 0, so N identical specialists give back that
   specialist (with `center` their core vanishes and the result is θ0).
@@ -37,7 +39,7 @@ import torch
 
 from fakemerge.keys import is_bias_or_norm, is_linear_weight
 from fakemerge.merging.lowrank import SVD_MODE, content_seed, truncated_svd, truncation_rank
-from fakemerge.merging.registry import Plan, choice, flag, integer, merge_method, number
+from fakemerge.merging.registry import Plan, choice, flag, integer, merge_method, number, weighted
 from fakemerge.merging.streams import TaskStream
 
 FACTOR_CACHE_LIMIT = 1.0  # cache residual factors up to this fraction of one model's bytes
@@ -158,6 +160,7 @@ class R2MPlan(Plan):
     layer_norms: dict[str, list[float]]  # ‖residual_i‖ per tensor
     m: torch.Tensor  # m_i: ‖τi^fake‖ (truncated or not, as `norm_of` says) over the backbone (0: rounding noise)
     ratio: torch.Tensor  # norm-matching weights m̄ / m_i
+    c: torch.Tensor  # what residual i is multiplied by in τ_res: w_i · (m̄ / m_i) / N
     res_norm: float
     core_norm: float
     scale: float  # η
@@ -181,9 +184,9 @@ class R2MPlan(Plan):
         }
 
 
-def prepare_r2m(stream: TaskStream, grams: dict[str, torch.Tensor], k: int, rank_ratio: float | str, energy: float,
-                alpha: float, center: bool, block_norm: str, residual: str, eta: str, rank_round: str,
-                norm_of: str, svd: str, seed: int) -> R2MPlan:
+def prepare_r2m(stream: TaskStream, grams: dict[str, torch.Tensor], weights: list[float] | None, k: int,
+                rank_ratio: float | str, energy: float, alpha: float, center: bool, block_norm: str, residual: str,
+                eta: str, rank_round: str, norm_of: str, svd: str, seed: int) -> R2MPlan:
     """The core from the Grams, then one pass over the truncated residuals for their norms and η."""
     s, n = stream, stream.n
     sizes = {key: s.shapes[key].numel() for key in grams}
@@ -218,21 +221,29 @@ def prepare_r2m(stream: TaskStream, grams: dict[str, torch.Tensor], k: int, rank
         m = full.diagonal().clamp_min(0).sqrt()
     m = torch.where(m > ZERO_RESIDUAL * task_sq.sqrt(), m, torch.zeros_like(m))
     ratio = torch.where(m > 0, m.mean() / m.clamp_min(1e-300), torch.zeros_like(m))
-    c = ratio / n
+    c = ratio / n if weights is None else torch.tensor(weights, dtype=torch.float64) * ratio / n
     res_norm = max(float(c @ res_gram @ c), 0.0) ** 0.5
     core_sq = sum(float(coef.core_weights(key) @ g @ coef.core_weights(key)) for key, g in grams.items())
     core_norm = max(core_sq, 0.0) ** 0.5
     scale = alpha * core_norm
     if eta == "relative":
         scale = scale / res_norm if res_norm > ZERO_RESIDUAL * core_norm else 0.0
-    return R2MPlan(coef, grams, cache, ranks, layer_norms, m, ratio, res_norm, core_norm, scale)
+    return R2MPlan(coef, grams, cache, ranks, layer_norms, m, ratio, c, res_norm, core_norm, scale)
 
 
 # Defaults: rank_ratio 0.05 and alpha 0.8 were chosen on ForgeryLab's validation split from the grid
 # r ∈ {0.05, 0.1, 0.2} × α ∈ {0.4, 0.6, 0.8} (docs/results.md); the other open choices (center, block_norm,
 # residual, eta) did not beat them on validation; rank_round and norm_of keep the choices made before they
 # were options (not yet compared on validation).
-@merge_method("r2m", prepare=prepare_r2m, k=integer(1, 1),
+def _r2m_formula(p: dict, n: int, weights: list[float] | None, densities: None) -> str:
+    terms = " + ".join(weighted([f"m̄/m{i + 1}·τ{i + 1}ᶠ" for i in range(n)], weights)).replace("+ -", "− ")
+    rank = "energy " + f"{p['energy']:g}" if p["rank_ratio"] == "auto" else f"{p['rank_ratio']:g}·min(m, n)"
+    eta = f"{p['alpha']:g}·‖τ_core‖" + ("/‖τ_res‖" if p["eta"] == "relative" else "")
+    return (f"θ0 + τ_core + η·({terms})/{n}, τ_core = top-{p['k']} core of τ1…τ{n}, τiᶠ = τi − τ_core truncated to "
+            f"rank {rank} ({p['rank_round']}), η = {eta}")
+
+
+@merge_method("r2m", formula=_r2m_formula, prepare=prepare_r2m, k=integer(1, 1),
               rank_ratio=number(0.05, 0, 1, lo_open=True, also=("auto",)), energy=number(0.9, 0, 1, lo_open=True),
               alpha=number(0.8), center=flag(False), block_norm=choice("none", "none", "balanced"),
               residual=choice("subtract", "subtract", "orthogonal"), eta=choice("script", "script", "relative"),
@@ -240,7 +251,7 @@ def prepare_r2m(stream: TaskStream, grams: dict[str, torch.Tensor], k: int, rank
               svd=SVD_MODE, seed=integer(0, 0))
 def r2m(key: str, taus: torch.Tensor, plan: R2MPlan) -> torch.Tensor:
     """R²M: θ0 + τ_core + η · τ_res (shared Real core + truncated, norm-balanced Fake residuals)."""
-    coef, c = plan.coef, plan.ratio / plan.coef.n
+    coef, c = plan.coef, plan.c
     flat = taus.reshape(coef.n, -1)
     if key in plan.ranks:
         factors = plan.factors(key, taus)

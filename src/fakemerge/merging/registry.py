@@ -21,7 +21,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -82,12 +82,17 @@ class Plan:
 Delta = Callable[..., torch.Tensor]
 
 
+Formula = Callable[..., str]  # formula(params, weights, densities, n): what the merge applies, as text
+
+
 @dataclass(frozen=True)
 class MergeMethod:
     name: str
     delta: Delta
     params: Mapping[str, Param]
+    formula: Formula
     prepare: Callable[..., Plan] | None = None
+    aliases: Mapping[str, str] = field(default_factory=dict)  # other spellings (FusionBench's) of parameters
 
     @property
     def grams(self) -> bool:
@@ -98,14 +103,19 @@ class MergeMethod:
     def doc(self) -> str:
         return inspect.getdoc(self.delta) or ""
 
+    def takes(self, per_model: str) -> bool:
+        """Whether the method takes per-model `weights` or `densities`."""
+        return per_model in _names(self.delta) or (self.prepare is not None and per_model in _names(self.prepare))
+
     @property
     def defaults(self) -> dict[str, object]:
         return {k: p.default for k, p in self.params.items()}
 
 
 METHODS: dict[str, MergeMethod] = {}
-DELTA_ARGS = {"key", "taus", "theta0", "plan", "fingerprints"}  # what the driver offers a delta, besides parameters
-PREPARE_ARGS = {"stream", "grams"}  # ... and every prepare
+PER_MODEL = {"weights", "densities"}  # per-model values (canonical order), for methods that name them
+DELTA_ARGS = {"key", "taus", "theta0", "plan", "fingerprints"} | PER_MODEL  # offered to a delta, besides parameters
+PREPARE_ARGS = {"stream", "grams"} | PER_MODEL  # ... and to a prepare
 
 
 @functools.cache
@@ -118,19 +128,21 @@ def call(fn: Callable, **offered):
     return fn(**{k: v for k, v in offered.items() if k in _names(fn)})
 
 
-def merge_method(name: str, *, prepare: Callable[..., Plan] | None = None,
-                 **params: Param) -> Callable[[Delta], Delta]:
-    """Register `delta` as merge method `name` with the declared parameters (each used by delta or prepare)."""
+def merge_method(name: str, *, formula: Formula, prepare: Callable[..., Plan] | None = None,
+                 aliases: Mapping[str, str] | None = None, **params: Param) -> Callable[[Delta], Delta]:
+    """Register `delta` as merge method `name` with the declared parameters (each used by delta or prepare),
+    the formula it applies and other accepted spellings of its parameters."""
 
     def register(delta: Delta) -> Delta:
         used = _names(delta) | (_names(prepare) if prepare else set())
         unused = sorted(set(params) - used)
         undeclared = sorted((_names(delta) - DELTA_ARGS - set(params))
                             | ((_names(prepare) - PREPARE_ARGS - set(params)) if prepare else set()))
-        if name in METHODS or unused or undeclared:
+        stray = sorted(set((aliases or {}).values()) - set(params))
+        if name in METHODS or unused or undeclared or stray:
             raise TypeError(f"merge method {name!r}: duplicate, or parameters unused {unused} / "
-                            f"undeclared {undeclared}")
-        METHODS[name] = MergeMethod(name, delta, params, prepare)
+                            f"undeclared {undeclared} / aliased but not declared {stray}")
+        METHODS[name] = MergeMethod(name, delta, params, formula, prepare, dict(aliases or {}))
         return delta
 
     return register
@@ -148,13 +160,19 @@ def method_defaults(name: str) -> dict[str, object]:
 
 
 def resolve_params(name: str, params: Mapping[str, object]) -> dict[str, object]:
-    """Defaults overridden by `params`, validated; an unknown name or bad value raises InputError."""
+    """Defaults overridden by `params` (also under their declared aliases), validated; an unknown name, a
+    parameter given twice or a bad value raises InputError."""
     method = get_method(name)
-    unknown = sorted(set(params) - set(method.params))
-    if unknown:
-        allowed = ", ".join(method.params) or "none"
-        raise InputError(f"method {name!r}: unknown parameter {unknown[0]!r} (parameters: {allowed})")
-    resolved = {**method.defaults, **params}
+    given: dict[str, object] = {}
+    for k, v in params.items():
+        canonical = method.aliases.get(k, k)
+        if canonical not in method.params:
+            allowed = ", ".join([*method.params, *method.aliases]) or "none"
+            raise InputError(f"method {name!r}: unknown parameter {k!r} (parameters: {allowed})")
+        if canonical in given:
+            raise InputError(f"method {name!r}: parameter {canonical!r} given twice ({k!r} is another name for it)")
+        given[canonical] = v
+    resolved = {**method.defaults, **given}
     for k, v in resolved.items():
         if not method.params[k].check(v):
             raise InputError(f"method {name!r}: parameter {k}={v!r} must be {method.params[k].rule}")
@@ -164,10 +182,13 @@ def resolve_params(name: str, params: Mapping[str, object]) -> dict[str, object]
 class MergeRun:
     """Iterates `(key, merged tensor)` for every key of the base, in its order; after the last one,
     `gram` (N×N, float64, over every float tensor) and `diagnostics` (task norms and cosines, plus the
-    method's own) are set, per task in the order the specialists were given."""
+    method's own) are set, per task in the order the specialists were given. `formula`: what it applies
+    (τi: the i-th specialist as given), e.g. θ0 + 0.3·(τ1 + 0.5·τ2)."""
 
-    def __init__(self, method: MergeMethod, stream: TaskStream, params: dict[str, object]):
-        self.method, self.stream, self.params = method, stream, params
+    def __init__(self, method: MergeMethod, stream: TaskStream, params: dict[str, object],
+                 per_model: dict[str, list | None], formula: str):
+        self.method, self.stream, self.params, self.formula = method, stream, params, formula
+        self.per_model = {k: None if v is None else [v[i] for i in stream.order] for k, v in per_model.items()}
         self.gram: torch.Tensor | None = None
         self._diagnostics: dict | None = None
 
@@ -180,7 +201,8 @@ class MergeRun:
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         s, method = self.stream, self.method
         grams = gram_pass(s) if method.grams else None
-        plan = Plan() if method.prepare is None else call(method.prepare, stream=s, grams=grams, **self.params)
+        offered = {**self.per_model, **self.params}
+        plan = Plan() if method.prepare is None else call(method.prepare, stream=s, grams=grams, **offered)
         total = torch.zeros(s.n, s.n, dtype=torch.float64)
         if grams is not None:
             total = sum(grams.values(), total)
@@ -194,7 +216,7 @@ class MergeRun:
                 total += (flat @ flat.T).double()
             base = s.theta0(key)
             delta = call(method.delta, key=key, taus=taus, theta0=base, plan=plan, fingerprints=s.fingerprints,
-                         **self.params)
+                         **offered)
             yield key, (base.to(delta.dtype) + delta).to(base.dtype)
         self.gram = s.given_gram(total)
         self._diagnostics = {**gram_report(self.gram), **plan.diagnostics(s.given_order)}
@@ -217,16 +239,61 @@ def gram_report(gram: torch.Tensor) -> dict[str, list]:
     return {"task_norms": norms.tolist(), "task_cosine": cos.tolist()}
 
 
+def per_model_values(method: str, n: int, weights: Sequence[float | None] | None = None,
+                     densities: Sequence[float | None] | None = None) -> dict[str, list | None]:
+    """Validated per-model weights (None entries: 1) and densities (None entries: the method's own), or None
+    where none was given; a method that does not define them raises InputError."""
+    m = get_method(method)
+    out: dict[str, list | None] = {}
+    kinds = (("weights", "weight", weights, 1.0, number(1.0)),
+             ("densities", "density", densities, None, number(1.0, 0, 1, lo_open=True)))
+    for name, one, values, default, rule in kinds:
+        values = list(values) if values is not None else [None] * n
+        if len(values) != n:
+            raise InputError(f"method {method!r}: {len(values)} per-model {name} for {n} specialists")
+        if all(v is None for v in values):
+            out[name] = None
+            continue
+        if not m.takes(name):
+            takers = ", ".join(k for k, v in METHODS.items() if v.takes(name))
+            raise InputError(f"method {method!r}: per-model {one} is not defined for it (it is for {takers})")
+        for i, v in enumerate(values):
+            if v is not None and not rule.check(v):
+                raise InputError(f"method {method!r}: model {i + 1}: {one} {v!r} must be {rule.rule}")
+        out[name] = [default if v is None else v for v in values]
+    return out
+
+
+def weighted(terms: Sequence[str], weights: Sequence[float] | None) -> list[str]:
+    """`w·term` for each term (the term alone where its weight is 1): the pieces of a formula."""
+    return [t if weights is None or weights[i] == 1 else f"{weights[i]:g}·{t}" for i, t in enumerate(terms)]
+
+
 def merge_iter(method: str, base: Mapping[str, torch.Tensor], specialists: Sequence[Mapping[str, torch.Tensor]],
-               *, progress: Progress = silent, fingerprints: Sequence[str] | None = None, **params) -> MergeRun:
+               *, weights: Sequence[float | None] | None = None, densities: Sequence[float | None] | None = None,
+               progress: Progress = silent, fingerprints: Sequence[str] | None = None, **params) -> MergeRun:
     """The merge as a `MergeRun`: parameters and key sets are validated now, tensors produced when iterated
     (a tensor whose shape differs from the base's raises InputError when it is first read).
 
-    `fingerprints`: a content hash per specialist (the file engine passes the sha256 it computed anyway);
-    without them each specialist is hashed first (one extra read). They fix the order the methods see.
+    `weights` / `densities`: per specialist (as given), for the methods that define them (`formula` says
+    what they do). `fingerprints`: a content hash per specialist (the file engine passes the sha256 it
+    computed anyway); without them each specialist is hashed first (one extra read). They fix the order the
+    methods see.
     """
+    resolved, per_model, text = validate(method, params, len(specialists), weights, densities)
+    return MergeRun(get_method(method), TaskStream(base, specialists, progress, fingerprints), resolved, per_model,
+                    text)
+
+
+def validate(method: str, params: Mapping[str, object], n: int, weights: Sequence[float | None] | None = None,
+             densities: Sequence[float | None] | None = None) -> tuple[dict, dict, str]:
+    """Everything about a merge of n specialists that can be checked without its tensors: the resolved
+    parameters, the per-model values and the formula (InputError for anything wrong)."""
+    if n < 1:
+        raise InputError("specialists: at least one specialist is needed to merge (got 0)")
     resolved = resolve_params(method, params)
-    return MergeRun(get_method(method), TaskStream(base, specialists, progress, fingerprints), resolved)
+    per_model = per_model_values(method, n, weights, densities)
+    return resolved, per_model, get_method(method).formula(resolved, n=n, **per_model)
 
 
 def merge(method: str, base: Mapping[str, torch.Tensor], specialists: Sequence[Mapping[str, torch.Tensor]],

@@ -32,8 +32,6 @@ class TaskStream:
 
     def __init__(self, base: Mapping[str, torch.Tensor], specialists: Sequence[Mapping[str, torch.Tensor]],
                  progress: Progress = silent, fingerprints: Sequence[str] | None = None):
-        if len(specialists) < 1:
-            raise InputError("specialists: at least one specialist is needed to merge (got 0)")
         if fingerprints is not None and len(fingerprints) != len(specialists):
             raise ValueError(f"{len(fingerprints)} fingerprints for {len(specialists)} specialists")
         self.base = base

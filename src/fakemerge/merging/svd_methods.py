@@ -46,10 +46,16 @@ SCALING = number(1.0)
 LOWRANK = choice("auto", "auto", "fusionbench")
 
 
-@merge_method("tsv", alpha=SCALING, lowrank=LOWRANK)
+def _taus(n: int) -> str:
+    return ", ".join(f"τ{i + 1}" for i in range(n))
+
+
+@merge_method("tsv", alpha=SCALING, lowrank=LOWRANK,
+              formula=lambda p, n, weights, densities: f"θ0 + {p['alpha']:g}·tsv_m({_taus(n)})")
 def tsv(taus: torch.Tensor, theta0: torch.Tensor, alpha: float, lowrank: str) -> torch.Tensor:
-    """TSV-M: per 2-D tensor, stack each task's top int(k/N) singular triplets, orthogonalise the stacked
-    U and Vᵀ by their polar factors, Δ = U⊥ diag(σ) V⊥ᵀ; other tensors the mean; θ0 + alpha · Δ."""
+    """TSV-M (tsv_m in its formula): per 2-D tensor, stack each task's top int(k/N) singular triplets,
+    orthogonalise the stacked U and Vᵀ by their polar factors, Δ = U⊥ diag(σ) V⊥ᵀ; other tensors the mean;
+    θ0 + alpha · Δ."""
     if taus.ndim != 3:
         return alpha * taus.mean(0)
     shape = taus.shape[1:]
@@ -70,10 +76,11 @@ def tsv(taus: torch.Tensor, theta0: torch.Tensor, alpha: float, lowrank: str) ->
     return alpha * ((u * sv) @ vh)
 
 
-@merge_method("iso_c", scaling=SCALING, lowrank=LOWRANK)
+@merge_method("iso_c", scaling=SCALING, lowrank=LOWRANK, aliases={"scaling_factor": "scaling"},
+              formula=lambda p, n, weights, densities: f"θ0 + {p['scaling']:g}·iso({_taus(n).replace(', ', ' + ')})")
 def iso_c(taus: torch.Tensor, theta0: torch.Tensor, scaling: float, lowrank: str) -> torch.Tensor:
-    """Iso-C: per 2-D tensor, M = Σ τi = U diag(σ) Vᵀ, Δ = mean(σ) · U Vᵀ (the spectrum flattened);
-    other tensors the mean; θ0 + scaling · Δ."""
+    """Iso-C (iso in its formula): per 2-D tensor, M = Σ τi = U diag(σ) Vᵀ, Δ = mean(σ) · U Vᵀ (the spectrum
+    flattened); other tensors the mean; θ0 + scaling · Δ."""
     if taus.ndim != 3:
         return scaling * taus.mean(0)
     m = taus.sum(0)
@@ -86,7 +93,10 @@ def iso_c(taus: torch.Tensor, theta0: torch.Tensor, scaling: float, lowrank: str
     return scaling * delta
 
 
-@merge_method("iso_cts", common_fraction=number(0.8, 0, 1), scaling=SCALING, lowrank=LOWRANK)
+@merge_method("iso_cts", common_fraction=number(0.8, 0, 1), scaling=SCALING, lowrank=LOWRANK,
+              aliases={"scaling_factor": "scaling", "common_space_fraction": "common_fraction"},
+              formula=lambda p, n, weights, densities:
+              f"θ0 + {p['scaling']:g}·iso_cts_{p['common_fraction']:g}({_taus(n)})")
 def iso_cts(taus: torch.Tensor, theta0: torch.Tensor, common_fraction: float, scaling: float,
             lowrank: str) -> torch.Tensor:
     """Iso-CTS: per 2-D tensor, a common space (top-c directions of Σ τi) plus n = (k − c)/N task-specific
@@ -122,8 +132,14 @@ def iso_cts(taus: torch.Tensor, theta0: torch.Tensor, common_fraction: float, sc
     return scaling * (sv_all.mean() * (u_all @ vh_all))
 
 
-@merge_method("cart", rank_ratio=number(0.1, 0, 1, lo_open=True), scaling=SCALING, seed=integer(0, 0),
-              rank_round=choice("down", "down", "up"), svd=SVD_MODE)
+def _cart_formula(p: dict, n: int, weights: None, densities: None) -> str:
+    left, right = ("⌊", "⌋") if p["rank_round"] == "down" else ("⌈", "⌉")
+    r = f"{left}{p['rank_ratio']:g}·min(m, n){right}"
+    return f"θ_avg + {p['scaling']:g}·Σ svd_r(τi − τ_avg) over τ1…τ{n}, r = {r} on attention/MLP weights"
+
+
+@merge_method("cart", formula=_cart_formula, rank_ratio=number(0.1, 0, 1, lo_open=True), scaling=SCALING,
+              seed=integer(0, 0), rank_round=choice("down", "down", "up"), svd=SVD_MODE)
 def cart(key: str, taus: torch.Tensor, fingerprints: list[str], rank_ratio: float, scaling: float, seed: int,
          rank_round: str, svd: str) -> torch.Tensor:
     """CART: θ_avg + scaling · Σ SVD_r(θi − θ_avg), r = rank_ratio · min(m, n) rounded down as CART's code
