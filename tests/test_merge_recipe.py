@@ -17,8 +17,9 @@ from fakemerge.keys import PREFIX
 from fakemerge.merging import merge, merge_iter
 from fakemerge.merging.engine import merge_files
 from fakemerge.merging.recipe import Recipe, load_recipe, recipe_from_args, recipe_from_merged
-from fakemerge.models.backbone import backbone_state, load_base
+from fakemerge.models.backbone import backbone_state
 from fakemerge.models.detector import read_meta
+from fakemerge.models.loading import load_base
 
 
 @pytest.fixture(scope="module")
