@@ -1,13 +1,22 @@
 """Merge benchmark: time and peak memory of every method on ViT-B/16-sized specialists (random weights).
 
-Each merge runs in its own subprocess (clean peak RSS, `resource.getrusage`), through the real file engine
-(`merge_files`: lazy reads, scan pass, streamed write). Reported as ratios to `average` measured in the same
-run, plus the `--add` re-merge (3 → 4 specialists from the stored recipe) against the first 4-way R²M merge,
-and one R²M merge at ViT-L/14 size. Targets (DESIGN.md): R²M ≤ 2× average at ViT-B/16, ViT-L/14 ≤ 60 s,
-memory streamed (≈ base + one specialist + a few tensors, never N models).
+Every merge runs in its own process (clean peak RSS) through the real file engine (`merge_files`: lazy reads,
+inputs hashed as they are read, streamed write). Reported in one run, as ratios:
+- to the IO floor: a process that imports torch and safetensors, reads every input file once and writes one
+  output of the base's size (target: average / task arithmetic / DARE ≤ 1.5×);
+- to `average` (R²M ≤ 2×; TIES' peak memory ≤ 1.2×);
+- to FusionBench 0.2.33 on the same files (`--fusionbench PYTHON`: a python that imports fusion_bench; it
+  holds every model in memory): TSV-M, Iso-C and Iso-CTS ≤ 0.5× its time, R²M ≤ 0.1× its TSV-M, and the
+  parity of our output against its (≤ 1e-4 of the merged update);
+- the `--add` re-merge (3 → 4 specialists from the stored recipe) against the first 4-way merge;
+- R²M and every truncating method at ViT-L/14 size (R²M ≤ 60 s), exact vs randomized truncations at
+  ViT-B/16 and ViT-L/14 shapes, and whether merging the specialists in reverse order gives the same bytes.
+Process times are wall-clock seconds of the whole process (imports included, as a user pays them); `work`
+is the time inside `merge_files`. The machine's load is printed: other processes make every time noisy,
+the ratios of one run less so.
 
-    .venv/bin/python benchmarks/merge_bench.py                 # everything (~5 min on 2 cores)
-    .venv/bin/python benchmarks/merge_bench.py --methods average r2m --no-large
+    python benchmarks/merge_bench.py                          # everything (~15 min on 2 busy cores)
+    python benchmarks/merge_bench.py --methods average r2m --no-large --fusionbench /tmp/fbvenv/bin/python
 """
 
 from __future__ import annotations
@@ -23,10 +32,12 @@ import sys
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"ViT-B/16": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                           num_attention_heads=12, patch_size=16, image_size=224),
          "ViT-L/14": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                           num_attention_heads=16, patch_size=14, image_size=224)}
+FUSIONBENCH = ("average", "task_arithmetic", "tsv", "iso_c", "iso_cts")  # what it is timed on
 
 
 def rss_mb() -> float:
@@ -34,7 +45,7 @@ def rss_mb() -> float:
 
 
 def make_files(directory: Path, size: str, n: int) -> tuple[Path, list[Path]]:
-    """A random base and n specialists (base + 1e-3 noise), written tensor by tensor (low memory)."""
+    """A random base and n specialists (base + 1e-3 noise: full-rank task vectors), written tensor by tensor."""
     import torch
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -78,36 +89,152 @@ def make_files(directory: Path, size: str, n: int) -> tuple[Path, list[Path]]:
     return base, specs
 
 
-def child(args: argparse.Namespace) -> None:
-    """One measured merge; prints a JSON line."""
+# ---------------------------------------------------------------- the measured processes
+
+def child_merge(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
     from fakemerge.merging.engine import add_specialists, merge_files
     from fakemerge.merging.recipe import Recipe
 
-    start_rss = rss_mb()
     t0 = time.perf_counter()
     if args.add_from:
         add_specialists(args.add_from, args.specs, args.out)
     else:
-        merge_files(Recipe(args.method, args.base, args.specs, json.loads(args.params)), args.out)
-    seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": rss_mb(), "start_rss_mb": start_rss}))
+        merge_files(Recipe(args.method, args.base, args.specs, json.loads(args.params), device=args.device),
+                    args.out)
+    return {"work": time.perf_counter() - t0}
 
 
-def measure(method: str, base: Path, specs: list[Path], out: Path, threads: int, params: dict | None = None,
-            add_from: Path | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--method", method, "--base", str(base), "--out", str(out),
-           "--threads", str(threads), "--params", json.dumps(params or {}), "--specs", *map(str, specs)]
-    if add_from:
-        cmd += ["--add-from", str(add_from)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "HF_HUB_OFFLINE": "1"}
+def child_floor(args: argparse.Namespace) -> dict:
+    """Read every input once (the base as tensors, the specialists as bytes) and write the base's size."""
+    from safetensors.torch import load_file, save_file
+
+    t0 = time.perf_counter()
+    base = load_file(args.base)
+    buffer = bytearray(64 << 20)
+    for path in args.specs:
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buffer):
+                pass
+    save_file(base, args.out)
+    return {"work": time.perf_counter() - t0}
+
+
+def child_fusionbench(args: argparse.Namespace) -> dict:
+    """FusionBench's merge of the same files, all in memory; its time, and its parity against our output."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from fakemerge.keys import PREFIX, canonical, strip_prefix
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    base = {k: v for k, v in load_file(args.base).items() if not k.startswith("head.")}
+    models = [{k: v for k, v in load_file(p).items() if not k.startswith("head.")} for p in args.specs]
+    loaded = time.perf_counter()
+    taus = [{k: m[k] - v for k, v in base.items()} for m in models]
+    if args.method in ("average", "task_arithmetic"):
+        from fusion_bench.method import SimpleAverageAlgorithm, TaskArithmeticAlgorithm
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        with safe_open(args.base, "pt") as f:
+            config = CLIPVisionConfig(**json.loads(f.metadata()["backbone_config"]))
+
+        def module(state):
+            with torch.device("meta"):
+                m = CLIPVisionModel(config)
+            wants_prefix = next(iter(m.state_dict())).startswith(PREFIX)
+            m.load_state_dict(canonical(state) if wants_prefix else strip_prefix(state), assign=True)
+            return m
+
+        pool = {"_pretrained_": module(base), **{f"t{i}": module(m) for i, m in enumerate(models)}}
+        start = time.perf_counter()
+        algorithm = SimpleAverageAlgorithm() if args.method == "average" else \
+            TaskArithmeticAlgorithm(scaling_factor=0.3)
+        merged = canonical(algorithm.run(pool).state_dict())
+    else:
+        from fusion_bench.method.isotropic_merging.iso_utils import iso_c, iso_cts
+        from fusion_bench.method.task_singular_vector.utils.TSVM_utils import compute_and_sum_svd_mem_reduction
+
+        start = time.perf_counter()
+        if args.method == "tsv":
+            delta = compute_and_sum_svd_mem_reduction(taus, accelerator="cpu")
+        elif args.method == "iso_c":
+            delta = iso_c(taus, accelerator="cpu")
+        else:
+            delta = iso_cts(taus, common_space_fraction=0.8, accelerator="cpu")
+        merged = {k: base[k] + delta[k] for k in base}
+    seconds = time.perf_counter() - start
+    ours = load_file(args.out)
+    worst = max(float((ours[k].double() - v.double()).norm()
+                      / (v.double() - base[k].double()).norm().clamp_min(1e-30)) for k, v in merged.items())
+    return {"work": seconds, "load": loaded - t0, "parity": worst}
+
+
+def child_truncations(args: argparse.Namespace) -> dict:
+    """Exact vs randomized truncations on ViT-shaped residuals with a realistic (decaying + flat) spectrum."""
+    import torch
+
+    from fakemerge.merging.lowrank import truncated_svd, truncation_rank
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    for size, shapes in (("ViT-B/16", [(768, 768), (3072, 768), (768, 3072)]),
+                         ("ViT-L/14", [(1024, 1024), (4096, 1024), (1024, 4096)])):
+        for shape in shapes:
+            g = torch.Generator().manual_seed(0)
+            k = min(shape)
+            u = torch.linalg.qr(torch.randn(shape[0], k, generator=g)).Q
+            v = torch.linalg.qr(torch.randn(shape[1], k, generator=g)).Q
+            spectrum = torch.arange(1, k + 1, dtype=torch.float32) ** -0.5 + 0.05  # decaying, then flat
+            a = (u * spectrum) @ v.T
+            for ratio in (0.05, 0.1):
+                r = truncation_rank(shape, ratio)
+                timed = {}
+                for mode in ("exact", "randomized"):
+                    t0 = time.perf_counter()
+                    left, right = truncated_svd(a, r, seed=0, svd=mode)
+                    timed[mode] = (time.perf_counter() - t0, left @ right)
+                best = float(spectrum[r:].square().sum().sqrt())
+                rows.append({"size": size, "shape": list(shape), "rank": r,
+                             "exact_s": timed["exact"][0], "randomized_s": timed["randomized"][0],
+                             "error_vs_optimal": float((a - timed["randomized"][1]).norm()) / best,
+                             "difference": float((timed["randomized"][1] - timed["exact"][1]).norm()
+                                                 / timed["exact"][1].norm())})
+    return {"rows": rows}
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    import torch
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(str(a)), load_file(str(b))
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+# ---------------------------------------------------------------- the parent
+
+def run_child(args: argparse.Namespace, kind: str, python: str = sys.executable, **fields) -> dict:
+    cmd = [python, __file__, "--child", kind, "--threads", str(args.threads), "--device", args.device]
+    for k, v in fields.items():
+        if v is None:
+            continue
+        cmd += [f"--{k.replace('_', '-')}", *(map(str, v) if isinstance(v, list) else [str(v)])]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
-        raise SystemExit(f"{method} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{kind} {fields.get('method', '')} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {**result, "seconds": wall, "cpu_s": cpu}
 
 
 def machine() -> str:
@@ -117,58 +244,125 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores visible"
 
 
-def main() -> None:
-    from fakemerge.merging import METHODS
+def load() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
 
+
+def table(title: str, rows: dict[str, dict], columns: list[tuple[str, str, str]]) -> None:
+    """Print rows under (header, key, format) columns; a missing value shows as '-'."""
+    print(f"\n{title}\n{'':<22}" + "".join(f"{header:>11}" for header, _, _ in columns))
+    for name, r in rows.items():
+        cells = [format(r[key], fmt) if isinstance(r.get(key), int | float) and not isinstance(r.get(key), bool)
+                 else str(r.get(key, "-")) for _, key, fmt in columns]
+        print(f"{name:<22}" + "".join(f"{c:>11}" for c in cells))
+
+
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--specialists", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto: where the merges run their arithmetic")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/fakemerge_merge_bench"))
-    p.add_argument("--no-large", action="store_true", help="skip the ViT-L/14 run")
-    p.add_argument("--add-method", default="r2m", help="method of the --add re-merge ('' skips it)")
-    p.add_argument("--large-method", default="r2m", help="method of the ViT-L/14 run")
+    p.add_argument("--no-large", action="store_true", help="skip the ViT-L/14 runs")
+    p.add_argument("--large-methods", nargs="+", default=["r2m", "cart"], help="methods run at ViT-L/14")
+    p.add_argument("--fusionbench", help="python of a venv with fusion_bench: run it side by side")
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--method", help=argparse.SUPPRESS)
-    p.add_argument("--base", help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["merge", "floor", "fusionbench", "truncations"], help=argparse.SUPPRESS)
+    for hidden in ("--method", "--base", "--out", "--add-from"):
+        p.add_argument(hidden, help=argparse.SUPPRESS)
     p.add_argument("--specs", nargs="*", default=[], help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--params", default="{}", help=argparse.SUPPRESS)
-    p.add_argument("--add-from", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        return child(args)
+        result = {"merge": child_merge, "floor": child_floor, "fusionbench": child_fusionbench,
+                  "truncations": child_truncations}[args.child](args)
+        print(json.dumps({**result, "peak_rss_mb": rss_mb()}))  # this process's own peak
+        return
 
-    methods = ["average", *[m for m in args.methods if m != "average"]]
-    print(f"machine: {machine()}; torch threads {args.threads}", flush=True)
-    t0 = time.perf_counter()
+    from fakemerge.merging import METHODS
+
+    methods = ["average", *[m for m in (args.methods or METHODS) if m != "average"]]
+    print(f"machine: {machine()}; torch threads {args.threads}; device {args.device}; {load()}", flush=True)
     base, specs = make_files(args.workdir / "vit_b16", "ViT-B/16", args.specialists)
     size_mb = specs[0].stat().st_size / 2**20
-    print(f"ViT-B/16 files ready ({size_mb:.0f} MB each) in {time.perf_counter() - t0:.0f} s", flush=True)
     out = args.workdir / "out.safetensors"
-    rows = {}
+    rows: dict[str, dict] = {"IO floor": run_child(args, "floor", base=base, specs=specs, out=out)}
     for m in methods:
-        rows[m] = measure(m, base, specs, out, args.threads)
-        print(f"  {m}: {rows[m]['seconds']:.1f} s", flush=True)
-    if args.add_method and len(specs) > 1:
+        out_m = args.workdir / f"out-{m}.safetensors"
+        rows[m] = run_child(args, "merge", method=m, base=base, specs=specs, out=out_m)
+        print(f"  {m}: {rows[m]['seconds']:.1f} s ({load()})", flush=True)
+    for m in [m for m in ("r2m", "cart", "dare", "tsv") if m in methods]:
+        reverse = args.workdir / f"out-{m}-reversed.safetensors"
+        run_child(args, "merge", method=m, base=base, specs=specs[::-1], out=reverse)
+        rows[m]["reversed order: same bytes"] = same_bytes(args.workdir / f"out-{m}.safetensors", reverse)
+        reverse.unlink()
+    if "r2m" in methods and len(specs) > 1:
         first = args.workdir / "first.safetensors"
-        measure(args.add_method, base, specs[:-1], first, args.threads)
-        rows[f"{args.add_method} --add"] = measure(args.add_method, base, specs[-1:], out, args.threads,
-                                                   add_from=first)
+        run_child(args, "merge", method="r2m", base=base, specs=specs[:-1], out=first)
+        rows["r2m --add"] = run_child(args, "merge", method="r2m", base=base, specs=specs[-1:], out=out,
+                                      add_from=first)
+        rows["r2m --add"]["same bytes as r2m"] = same_bytes(out, args.workdir / "out-r2m.safetensors")
+    floor, avg = rows["IO floor"], rows["average"]
+    for r in rows.values():
+        r["x floor"], r["x avg"] = r["seconds"] / floor["seconds"], r["seconds"] / avg["seconds"]
+        r["rss x avg"] = r["peak_rss_mb"] / avg["peak_rss_mb"]
+    table(f"{args.specialists} ViT-B/16 specialists ({size_mb:.0f} MB each), one run, {load()}", rows,
+          [("seconds", "seconds", ".2f"), ("work s", "work", ".2f"), ("cpu s", "cpu_s", ".1f"),
+           ("× floor", "x floor", ".2f"), ("× avg", "x avg", ".2f"), ("peak MB", "peak_rss_mb", ".0f"),
+           ("MB × avg", "rss x avg", ".2f")])
+    print("targets: average/task_arithmetic/dare ≤ 1.5× floor; r2m ≤ 2× average; ties memory ≤ 1.2× average")
+    for name in ("r2m", "cart", "dare", "tsv"):
+        if "reversed order: same bytes" in rows.get(name, {}):
+            print(f"{name}: specialists in reverse order give the same bytes: "
+                  f"{rows[name]['reversed order: same bytes']}")
+    if "r2m --add" in rows:
+        print(f"r2m --add (3 merged + 1 added) gives the same bytes as merging all 4: "
+              f"{rows['r2m --add']['same bytes as r2m']}")
+
+    peers: dict[str, dict] = {}
+    if args.fusionbench:
+        for m in [m for m in FUSIONBENCH if m in methods]:
+            peers[m] = run_child(args, "fusionbench", python=args.fusionbench, method=m, base=base, specs=specs,
+                                 out=args.workdir / f"out-{m}.safetensors")
+            peers[m]["ours s"] = rows[m]["seconds"]
+            peers[m]["ours / fb"] = rows[m]["seconds"] / peers[m]["seconds"]
+            peers[m]["ours / fb work"] = rows[m]["work"] / peers[m]["work"]
+            print(f"  fusionbench {m}: {peers[m]['seconds']:.1f} s ({load()})", flush=True)
+        if "tsv" in peers and "r2m" in rows:
+            peers["r2m vs fb tsv"] = {"ours s": rows["r2m"]["seconds"], "seconds": peers["tsv"]["seconds"],
+                                      "ours / fb": rows["r2m"]["seconds"] / peers["tsv"]["seconds"],
+                                      "ours / fb work": rows["r2m"]["work"] / peers["tsv"]["work"]}
+        table(f"FusionBench 0.2.33 on the same files (process seconds; fb work = its merge only, {load()})", peers,
+              [("fb s", "seconds", ".1f"), ("fb work", "work", ".1f"), ("fb MB", "peak_rss_mb", ".0f"),
+               ("ours s", "ours s", ".1f"), ("ours/fb", "ours / fb", ".2f"),
+               ("work/work", "ours / fb work", ".2f"), ("parity", "parity", ".1e")])
+        print("targets: tsv, iso_c, iso_cts ≤ 0.5× FusionBench; r2m ≤ 0.1× FusionBench's tsv; parity ≤ 1e-4")
+
+    large: dict[str, dict] = {}
     if not args.no_large:
         lbase, lspecs = make_files(args.workdir / "vit_l14", "ViT-L/14", args.specialists)
-        rows[f"{args.large_method} ViT-L/14"] = measure(args.large_method, lbase, lspecs, out, args.threads)
-    avg = rows["average"]
-    print(f"\n{args.specialists} ViT-B/16 specialists ({size_mb:.0f} MB each); ratios to this run's average")
-    print(f"{'method':<18}{'seconds':>9}{'× avg':>8}{'peak RSS MB':>13}{'× avg':>8}")
-    for name, r in rows.items():
-        print(f"{name:<18}{r['seconds']:>9.2f}{r['seconds'] / avg['seconds']:>8.2f}"
-              f"{r['peak_rss_mb']:>13.0f}{r['peak_rss_mb'] / avg['peak_rss_mb']:>8.2f}")
-    print(f"(process RSS after imports ≈ {avg['start_rss_mb']:.0f} MB; one specialist = {size_mb:.0f} MB)")
+        for m in ["average", *args.large_methods]:
+            large[m] = run_child(args, "merge", method=m, base=lbase, specs=lspecs, out=out)
+            large[m]["x avg"] = large[m]["seconds"] / large["average"]["seconds"]
+            print(f"  ViT-L/14 {m}: {large[m]['seconds']:.1f} s ({load()})", flush=True)
+        table(f"{args.specialists} ViT-L/14 specialists, one run ({load()})", large,
+              [("seconds", "seconds", ".1f"), ("work s", "work", ".1f"), ("× avg", "x avg", ".2f"),
+               ("peak MB", "peak_rss_mb", ".0f")])
+        print("target: r2m at ViT-L/14 ≤ 60 s")
+    truncations = run_child(args, "truncations")["rows"]
+    print(f"\nexact vs randomized truncation (svd=exact|randomized; residuals with a decaying-then-flat spectrum; "
+          f"{load()})")
+    print(f"{'size':<10}{'shape':>12}{'rank':>6}{'exact s':>9}{'random s':>10}{'× exact':>9}"
+          f"{'err/optimal':>12}{'Δ vs exact':>12}")
+    for r in truncations:
+        print(f"{r['size']:<10}{'×'.join(map(str, r['shape'])):>12}{r['rank']:>6}{r['exact_s']:>9.3f}"
+              f"{r['randomized_s']:>10.3f}{r['randomized_s'] / r['exact_s']:>9.2f}{r['error_vs_optimal']:>12.4f}"
+              f"{r['difference']:>12.3f}")
     if args.json:
-        results = {"machine": machine(), "threads": args.threads, "results": rows}
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"machine": machine(), "threads": args.threads, "device": args.device,
+                                         "vit_b16": rows, "fusionbench": peers, "vit_l14": large,
+                                         "truncations": truncations}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -140,3 +140,15 @@ def test_report_and_import_then_merge(tiny_base, specs, tmp_path, capsys):
         == 2
     )
     assert "records no base hash" in capsys.readouterr().err
+
+
+def test_dtype_device_and_formula_on_the_command_line(tiny_base, specs, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    assert run("merge", "-m", "task_arithmetic", "--base", tiny_base, *specs[:2], "-o", out, "--dtype", "bfloat16",
+               "--device", "cpu", "--set", "scaling=0.5") == 0
+    printed = capsys.readouterr().out.replace("\n", "")
+    assert "applied: θ0 + 0.5·(τ1 + τ2)" in printed and f"τ1 = {specs[0].stem}" in printed
+    assert all(t.dtype == torch.bfloat16 for t in tensors(out).values())
+    assert read_meta(out).recipe["dtype"] == "bfloat16" and "device" not in read_meta(out).recipe
+    assert run("merge", "-m", "average", "--base", tiny_base, *specs[:2], "-o", out, "--device", "tpu") == 2
+    assert "device 'tpu'" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from fakemerge.config import parse_assignments
 from fakemerge.errors import InputError
 from fakemerge.io.safetensors import LazyState, SafetensorsWriter, save_tensors, tensors_sha256
-from fakemerge.keys import PREFIX, canonical
+from fakemerge.keys import HEAD_KEYS, PREFIX, canonical
 from fakemerge.merging import merge, resolve_params
 from fakemerge.merging.engine import merge_files, merge_heads
 from fakemerge.merging.recipe import Recipe, recipe_from_merged
@@ -129,8 +129,9 @@ def test_streamed_merge_equals_in_memory_merge(tiny_base, specs, tmp_path, metho
     out = tmp_path / "merged.safetensors"
     result = merge_to(method, tiny_base, specs, out, params)
     model, _ = load_base(tiny_base)
-    hashes = [tensors_sha256(load_file(str(p))) for p in specs]  # the engine orders and seeds by them
-    expected = merge(method, backbone_state(model), [backbone_of(p) for p in specs], fingerprints=hashes, **params)
+    hashes = [tensors_sha256(load_file(str(p))) for p in specs]
+    heads = [tensors_sha256({k: load_file(str(p))[k] for k in HEAD_KEYS}) for p in specs]  # orders and seeds
+    expected = merge(method, backbone_state(model), [backbone_of(p) for p in specs], fingerprints=heads, **params)
     got = backbone_of(out)
     assert set(got) == set(expected)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
@@ -336,11 +337,15 @@ def test_recipe_file_errors(tmp_path):
             load_recipe(p)
 
 
-def test_progress_reports_both_stages(tiny_base, specs, tmp_path):
+def test_progress_reports_every_pass(tiny_base, specs, tmp_path):
     calls = []
     merge_to("average", tiny_base, specs[:2], tmp_path / "m.safetensors", progress=lambda *a, **_: calls.append(a))
     n = len(LazyState(tiny_base))
-    assert calls[0] == ("scan", 1, n) and ("scan", n, n) in calls and calls[-1] == ("merge", n, n)
+    assert calls[0] == ("merge", 1, n) and calls[-1] == ("merge", n, n)  # one pass: the merge reads and hashes
+    calls.clear()
+    merge_to("r2m", tiny_base, specs[:2], tmp_path / "r.safetensors", progress=lambda *a, **_: calls.append(a))
+    stages = list(dict.fromkeys(c[0] for c in calls))
+    assert stages == ["grams", "r2m: residuals", "merge"] and calls[-1] == ("merge", n, n)
 
 
 def test_add_specialists_rebuilds_the_stored_recipe_plus_the_new_one(tiny_base, specs, tmp_path):
@@ -354,3 +359,43 @@ def test_add_specialists_rebuilds_the_stored_recipe_plus_the_new_one(tiny_base, 
     assert added.meta.recipe["parameters"]["alpha"] == 0.4 and len(added.meta.recipe["models"]) == 3
     with pytest.raises(InputError, match="already part"):
         add_specialists(two, [specs[0]], tmp_path / "dup.safetensors")
+
+
+def count_reads(monkeypatch) -> dict:
+    """Counts every tensor read from a safetensors file, by (file name, tensor)."""
+    from fakemerge.io import safetensors as st
+
+    reads: dict = {}
+    real = st._SafetensorsFile.read
+
+    def counted(self, key):
+        reads[(self.path.name, key)] = reads.get((self.path.name, key), 0) + 1
+        return real(self, key)
+
+    monkeypatch.setattr(st._SafetensorsFile, "read", counted)
+    return reads
+
+
+@pytest.mark.parametrize("method, passes", [("average", 1), ("dare", 1), ("tsv", 1), ("r2m", 3), ("ties", 4)])
+def test_every_input_tensor_is_read_once_per_pass_and_hashed_in_it(tiny_base, specs, tmp_path, monkeypatch,
+                                                                     method, passes):
+    reads = count_reads(monkeypatch)
+    result = merge_to(method, tiny_base, specs, tmp_path / "m.safetensors")
+    spec_reads = {k: v for k, v in reads.items() if k[0] in {p.name for p in specs} and k[1].startswith(PREFIX)}
+    assert len(spec_reads) == 3 * len(LazyState(specs[0])) and set(spec_reads.values()) == {passes}
+    assert [m["sha256"] for m in result.meta.recipe["models"]] == [tensors_sha256(load_file(str(p))) for p in specs]
+    model, _ = load_base(tiny_base)
+    assert result.meta.base_hash == backbone_hash(model)
+
+
+def test_specialists_with_one_head_are_ordered_by_all_their_content(tiny_base, specs, tmp_path):
+    """Equal heads would make the head fingerprints tie: the engine hashes everything first, and any order of
+    the specialists still gives the same bytes."""
+    same_head = rewrite(specs[1], tmp_path / "same_head.safetensors",
+                        lambda t: {**t, **{k: load_file(str(specs[0]))[k] for k in HEAD_KEYS}})
+    inputs = [specs[0], same_head, specs[2]]
+    a = merge_to("dare", tiny_base, inputs, tmp_path / "a.safetensors")
+    b = merge_to("dare", tiny_base, inputs[::-1], tmp_path / "b.safetensors")
+    ta, tb = backbone_of(a.out), backbone_of(b.out)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert a.norms == b.norms[::-1]

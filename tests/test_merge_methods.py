@@ -9,7 +9,8 @@ import torch
 
 from fakemerge.errors import InputError
 from fakemerge.merging import METHODS, merge, merge_iter, method_defaults
-from fakemerge.merging.elementwise import kth_smallest
+from fakemerge.merging.elementwise import ties_thresholds
+from fakemerge.merging.streams import TaskStream
 
 FC = "encoder.layers.0.mlp.fc1.weight"
 BIAS = "encoder.layers.0.mlp.fc1.bias"
@@ -91,15 +92,47 @@ def test_ties_keeps_int_density_plus_one_entries_and_ties():
     assert close(kept, torch.tensor([0.0, 0, 0, 0, 0, 0, 0, 8, 8, 10]))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kth_smallest_equals_kthvalue(dtype):
+@pytest.mark.parametrize("dtypes", [(torch.float32,), (torch.float64,), (torch.float32, torch.float64)])
+def test_streamed_ties_thresholds_equal_kthvalue_over_the_whole_model(dtypes):
+    """The histogram passes find exactly the k-th smallest magnitude that sorting the whole model would."""
     g = torch.Generator().manual_seed(0)
-    cases = [torch.tensor([0.0, 0, 1e-40, 3, 3, 3, 7]), torch.zeros(5), torch.randn(20000, generator=g).abs(),
-             torch.randn(20000, generator=g).abs().round(decimals=2)]  # many ties inside one bucket
-    for mags in cases:
-        mags = mags.to(dtype)
-        for k in (1, 2, mags.numel() // 2, mags.numel() - 1, mags.numel()):
-            assert kth_smallest(mags, k) == mags.kthvalue(k).values.item()
+    values = [torch.tensor([0.0, 0, 1e-40, 3, 3, 3, 7]), torch.zeros(5), torch.randn(20000, generator=g),
+              torch.randn(3000, generator=g).round(decimals=2)]  # subnormals, zeros, ties inside one bucket
+    base = {f"t{j}": torch.zeros(v.shape, dtype=dtypes[j % len(dtypes)]) for j, v in enumerate(values)}
+    base["ids"] = torch.arange(3)
+    specs = [{**{f"t{j}": (v * (i + 1)).roll(i).to(dtypes[j % len(dtypes)]) for j, v in enumerate(values)},
+              "ids": torch.arange(3)} for i in range(2)]
+    stream = TaskStream(base, specs)
+    wide = torch.float64 if torch.float64 in dtypes else torch.float32
+    for densities in ([0.2, 0.5], [1.0, 1e-4], [0.9999, 0.3]):
+        got = ties_thresholds(stream, densities)
+        for c, d in enumerate(densities):
+            mags = torch.cat([stream.stacked(k)[c].abs().to(wide) for k in stream.float_keys()])
+            k = mags.numel() - int(mags.numel() * d)
+            assert got[c] == (mags.kthvalue(k).values.item() if k >= 1 else 0.0)
+
+
+@pytest.mark.parametrize("merge_func", ["sum", "mean", "max"])
+def test_ties_equals_the_flattened_model_reference(merge_func):
+    """FusionBench's TIES literally: the whole model as one vector per task, kthvalue, elect, disjoint merge."""
+    base = random_model(0)
+    specs = specialists_of(base, 3)
+    keys = sorted(base)
+    flat = torch.stack([torch.cat([(s[k] - base[k]).reshape(-1) for k in keys]) for s in specs])
+    k = flat.shape[1] - int(flat.shape[1] * 0.3)
+    th = flat.abs().kthvalue(k, dim=1, keepdim=True).values
+    trimmed = torch.where(flat.abs() >= th, flat, 0.0)
+    sign = torch.sign(trimmed.sum(0))
+    sign[sign == 0] = torch.sign(sign.sum())
+    agree = torch.where(sign > 0, trimmed > 0, trimmed < 0) * trimmed
+    merged = {"sum": agree.sum(0), "mean": agree.sum(0) / (agree != 0).sum(0).clamp_min(1),
+              "max": agree.abs().max(0).values * sign}[merge_func]
+    out = merge("ties", base, specs, density=0.3, scaling=0.5, merge_func=merge_func)
+    i = 0
+    for key in keys:
+        n = base[key].numel()
+        assert torch.equal(out[key], base[key] + 0.5 * merged[i:i + n].reshape(base[key].shape)), key
+        i += n
 
 
 def test_dare_masks_are_seeded_rescaled_and_independent_of_key_order():

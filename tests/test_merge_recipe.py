@@ -13,7 +13,8 @@ from test_merge_cli import run
 from test_merge_engine import backbone_of, make_specialist
 
 from fakemerge.errors import InputError
-from fakemerge.keys import PREFIX
+from fakemerge.io.safetensors import tensors_sha256
+from fakemerge.keys import HEAD_KEYS, PREFIX
 from fakemerge.merging import merge, merge_iter
 from fakemerge.merging.engine import merge_files
 from fakemerge.merging.recipe import Recipe, load_recipe, recipe_from_args, recipe_from_merged
@@ -190,9 +191,8 @@ def test_cli_merges_a_mergekit_recipe_and_prints_the_formula(tiny_base, specs, t
     assert "used as the base" in captured.err
     out = tmp_path / "m.safetensors"
     assert load_file(str(out))[f"{PREFIX}encoder.layers.0.mlp.fc1.weight"].dtype == torch.float16
-    stored = read_meta(out).recipe
     in_memory = merge("ties", backbone_state(load_base(tiny_base)[0]), [backbone_of(p) for p in specs],
                       weights=[1.0, 0.5, None], densities=[0.8, None, None], density=0.5,
-                      fingerprints=[m["sha256"] for m in stored["models"]])
+                      fingerprints=[tensors_sha256({k: load_file(str(p))[k] for k in HEAD_KEYS}) for p in specs])
     got = backbone_of(out)
     assert all(torch.equal(got[k], v.half()) for k, v in in_memory.items())

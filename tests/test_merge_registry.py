@@ -149,3 +149,67 @@ def test_per_model_values_are_checked_before_any_tensor():
         merge_iter("task_arithmetic", base, specs, densities=[0.5, 0.5])
     with pytest.raises(InputError, match="weights sum to 0"):
         merge_iter("average", base, specs, weights=[1, -1])
+
+
+def toy_models(n: int = 3):
+    g = torch.Generator().manual_seed(0)
+    shapes = {"encoder.layers.0.mlp.fc1.weight": (40, 24), "encoder.layers.0.mlp.fc1.bias": (40,),
+              "encoder.layers.0.self_attn.q_proj.weight": (24, 24), "embeddings.position_embedding.weight": (5, 24)}
+    base = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    return base, [{k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(n)]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_results_do_not_depend_on_the_thread_count(method):
+    """With several threads, keys run side by side (one thread each): the same bytes as one thread."""
+    base, specs = toy_models()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = merge(method, base, specs)
+        torch.set_num_threads(2)
+        two = merge(method, base, specs)
+        assert torch.get_num_threads() == 2  # restored after the merge
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(one[k], two[k]) for k in base)
+
+
+def test_devices():
+    from fakemerge.merging.registry import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for bad, message in (("meta", "merging runs on cpu or cuda"), ("gpu:x", "not a device")):
+        with pytest.raises(InputError, match=message):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            resolve_device("cuda")
+    base, specs = toy_models()
+    assert all(torch.equal(a, b) for a, b in zip(merge("r2m", base, specs, device="cpu").values(),
+                                                  merge("r2m", base, specs).values(), strict=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", list(METHODS))
+def test_cuda_merges_equal_cpu_merges_within_the_parity_tolerance(method):
+    base, specs = toy_models()
+    cpu, cuda = merge(method, base, specs), merge(method, base, specs, device="cuda")
+    for k in base:
+        assert cuda[k].device.type == "cpu"
+        update = float((cpu[k].double() - base[k].double()).norm())
+        assert float((cuda[k].double() - cpu[k].double()).norm()) <= 1e-4 * max(update, 1e-12), k
+
+
+def test_a_nan_or_inf_names_the_input_and_tensor():
+    base, specs = toy_models(2)
+    key = "encoder.layers.0.self_attn.q_proj.weight"
+    bad = {**specs[1], key: specs[1][key].clone()}
+    bad[key][3, 4] = float("inf")
+    with pytest.raises(InputError, match=f"specialist 1: tensor {key} contains NaN or Inf"):
+        merge("average", base, [specs[0], bad])
+    nan_base = {**base, key: base[key].clone()}
+    nan_base[key][0, 0] = float("nan")
+    with pytest.raises(InputError, match=f"base: tensor {key} contains NaN"):
+        merge("ties", nan_base, specs)

@@ -261,8 +261,12 @@ def test_randomized_truncation_against_the_exact_one(method):
 
 @pytest.mark.parametrize("shape, rank", [((300, 280), 14), ((280, 300), 28), ((6, 6), 2)])
 def test_truncated_svd_modes(shape, rank):
-    a = torch.randn(shape, generator=torch.Generator().manual_seed(4))
-    u, sv, vh = torch.linalg.svd(a, full_matrices=False)
+    g = torch.Generator().manual_seed(4)
+    k = min(shape)
+    u = torch.linalg.qr(torch.randn(shape[0], k, generator=g)).Q
+    vh = torch.linalg.qr(torch.randn(shape[1], k, generator=g)).Q.T
+    sv = torch.linspace(2, 1, k) * (torch.arange(k) < rank) + 0.5 * torch.linspace(1, 0.1, k)  # a gap at rank
+    a = (u * sv) @ vh
     best = (u[:, :rank] * sv[:rank]) @ vh[:rank]
     left, right = truncated_svd(a, rank, seed=1, svd="exact")
     assert torch.allclose(left @ right, best, atol=1e-5)

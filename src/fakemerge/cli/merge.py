@@ -31,6 +31,7 @@ def merge_command(
     force: bool = typer.Option(False, "--force", help="Merge despite a base-hash or recipe-hash mismatch."),
     dtype: str = typer.Option(None, "--dtype", help="Output dtype: float32 | float16 | bfloat16 | float64 "
                               "(default: the base's)."),
+    device: str = typer.Option(None, "--device", help="Where the arithmetic runs: cpu (default) | cuda | auto."),
 ) -> None:
     """Merge specialists fine-tuned from one base into one detector (streamed: low memory)."""
     from fakemerge.config import parse_assignments
@@ -38,7 +39,8 @@ def merge_command(
     from fakemerge.merging.recipe import recipe_from_args
 
     params = parse_assignments(list(set_ or []), "--set")
-    recipe = recipe_from_args(list(inputs or []), method, base, list(add or []), from_, params, head, out, dtype)
+    recipe = recipe_from_args(list(inputs or []), method, base, list(add or []), from_, params, head, out, dtype,
+                              device)
     for note in recipe.notes:
         ui.err.print(f"note: {note}", highlight=False)
     start = time.perf_counter()

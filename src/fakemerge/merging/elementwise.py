@@ -5,7 +5,7 @@
 arithmetic = scaling · Σ τi (a sum: scaling = 1/N is the average); TIES = keep each task's top `density`
 entries over the whole model, elect a sign per entry, combine the agreeing entries; DARE = drop entries at
 random (kept ones rescaled by 1/(1 − p)), then the sum. Semantics follow FusionBench 0.2.33. Memory: base + N
-tensors of one key (TIES' prepare pass: one model's magnitudes, one task at a time).
+tensors of one key (TIES' threshold passes add 2^16 counts per task).
 
 Per-model weights wi (a recipe's `models: [{model, parameters: {weight}}]`) multiply each sparsified task
 vector: average = Σ wi τi / Σ wi, task arithmetic and DARE = scaling · Σ wi τi', TIES elects signs on the
@@ -39,18 +39,20 @@ def combine(taus: torch.Tensor, *, keep: torch.Tensor | None = None, rescale: to
     weighted: Σ wi τi / Σ wi) | disjoint_mean (over the entries kept; weighted: divided by their weights) |
     max (largest magnitude × sign).
     """
+    w = None if weights is None else per_task(torch.tensor(weights, dtype=taus.dtype, device=taus.device), taus)
+    if keep is not None or rescale is not None or w is not None or majority is not None:
+        taus = taus.clone()  # one working copy, changed in place (N × shape temporaries cost memory and time)
     if keep is not None:
-        taus = torch.where(keep, taus, 0.0)
+        taus.masked_fill_(~keep, 0.0)
     if rescale is not None:
-        taus = taus / rescale
-    w = None if weights is None else per_task(torch.tensor(weights, dtype=taus.dtype), taus)
+        taus.div_(rescale)
     if w is not None:
-        taus = taus * w
+        taus.mul_(w)
     sign = None
     if majority is not None:
         sign = torch.sign(taus.sum(0))
         sign[sign == 0] = majority
-        taus = taus * torch.where(sign > 0, taus > 0, taus < 0)
+        taus.mul_(torch.where(sign > 0, taus > 0, taus < 0))
     if reduce == "sum":
         merged = taus.sum(0)
     elif reduce == "mean":
@@ -112,40 +114,65 @@ class TiesPlan(Plan):
     majority: float  # the sign elected where an entry's trimmed sum is exactly 0
 
     def keep(self, taus: torch.Tensor) -> torch.Tensor:
-        return taus.abs() >= per_task(torch.tensor(self.thresholds, dtype=taus.dtype), taus)
+        return taus.abs() >= per_task(torch.tensor(self.thresholds, dtype=taus.dtype, device=taus.device), taus)
 
     def diagnostics(self, per_task) -> dict:
         return {"ties_thresholds": per_task(self.thresholds), "ties_majority_sign": self.majority}
 
 
 def ties_thresholds(s: TaskStream, densities: list[float]) -> list[float]:
-    """Per task, the magnitude that keeps the top `densities[i]` of its entries over the whole model.
+    """Per task, the magnitude that keeps the top `densities[i]` of its entries over the whole model: FusionBench
+    keeps |τ| ≥ the (D − int(D·density))-th smallest |τ| (1-based), ties included.
 
-    FusionBench keeps |τ| ≥ the (D − int(D·density))-th smallest |τ| (1-based), ties included. One task at
-    a time, so this pass holds one model's worth of magnitudes. Integer tensors are not part of the model.
+    Found exactly without holding any model's magnitudes: the bit patterns of non-negative IEEE floats sort
+    like their values, so one pass histograms the top 16 bits of every task's |τ| and locates the bucket of
+    the k-th smallest, and each further pass histograms the next 16 bits inside the buckets found (2 passes
+    for float32; 4 for float64, also when only some tensors are float64). Memory: 2^16 counts per task.
+    Integer tensors are not part of the model.
     """
     keys = s.float_keys()
-    out = []
-    for i in range(s.n):
-        mags = torch.cat([s.task(i, key).abs().reshape(-1) for key in s.each(f"ties: task {i} magnitudes", keys)])
-        k = mags.numel() - int(mags.numel() * densities[i])
-        out.append(kth_smallest(mags, k) if k >= 1 else 0.0)
-        del mags
-    return out
+    return _kth_magnitudes(s, keys, densities, wide=False) or _kth_magnitudes(s, keys, densities, wide=True)
 
 
-def kth_smallest(mags: torch.Tensor, k: int) -> float:
-    """The k-th smallest (1-based) of non-negative floats, exactly, as `kthvalue` but in about two linear
-    passes: the bit patterns of non-negative IEEE floats sort like their values, so a histogram of their top
-    16 bits finds the bucket that holds the k-th value, and only that bucket is selected from."""
-    if mags.dtype not in (torch.float32, torch.float64):
-        return mags.kthvalue(k).values.item()
-    as_int, shift = (torch.int64, 48) if mags.dtype == torch.float64 else (torch.int32, 16)
-    buckets = mags.contiguous().view(as_int) >> shift
-    counts = torch.bincount(buckets.int(), minlength=1 << 15).cumsum(0)
-    b = int(torch.searchsorted(counts, torch.tensor(k, dtype=counts.dtype)))
-    below = int(counts[b - 1]) if b > 0 else 0
-    return mags[buckets == b].kthvalue(k - below).values.item()
+def _kth_magnitudes(s: TaskStream, keys: list[str], densities: list[float], wide: bool) -> list[float] | None:
+    """The thresholds from `bits / 16` histogram passes; None when a float64 tensor turns up in a float32 pass."""
+    dtype, as_int, bits = (torch.float64, torch.int64, 64) if wide else (torch.float32, torch.int32, 32)
+    sign_off = (1 << (bits - 1)) - 1  # clearing the sign bit gives |x|
+    prefix = torch.zeros(s.n, dtype=torch.int64)  # per task: the leading bits of its k-th smallest so far
+    wanted: list[int] = []  # per task: k = D − int(D·density)
+    rank = torch.zeros(s.n, dtype=torch.int64)  # per task: the rank of its k-th smallest within its prefix
+    for level in range(bits // 16):
+        shift = bits - 16 * (level + 1)
+        counts = torch.zeros(s.n << 16, dtype=torch.int64)
+        size = 0
+
+        def histogram(key: str, theta0: torch.Tensor, taus: torch.Tensor, level: int = level, shift: int = shift,
+                      prefix: torch.Tensor = prefix) -> tuple[int, torch.Tensor] | None:
+            if taus.dtype == torch.float64 and not wide:
+                return None
+            flat = taus.to("cpu", dtype).reshape(s.n, -1)
+            counts = []
+            for i in range(s.n):  # one task at a time: temporaries of one task vector, not N
+                bits = flat[i].view(as_int) & sign_off  # |τ|'s bit pattern
+                if level:
+                    bits = bits[(bits >> (shift + 16)) == prefix[i]]
+                counts.append(torch.bincount(((bits >> shift) & 0xFFFF).int(), minlength=1 << 16))
+            return flat.shape[1], torch.cat(counts)
+
+        for _, found in s.map(f"ties: thresholds {level + 1}/{bits // 16}", keys, histogram):
+            if found is None:
+                return None
+            size += found[0]
+            counts += found[1]
+        if level == 0:
+            wanted = [size - int(size * d) for d in densities]
+            rank = torch.tensor(wanted, dtype=torch.int64).clamp_min(1)
+        cum = counts.reshape(s.n, -1).cumsum(1)
+        bucket = torch.searchsorted(cum, rank[:, None]).squeeze(1)
+        below = torch.where(bucket > 0, cum.gather(1, (bucket - 1).clamp_min(0)[:, None]).squeeze(1), 0)
+        rank, prefix = rank - below, (prefix << 16) | bucket
+    values = prefix.to(as_int).view(dtype)
+    return [float(v) if k >= 1 else 0.0 for v, k in zip(values, wanted, strict=True)]
 
 
 def prepare_ties(stream: TaskStream, weights: list[float] | None, densities: list[float | None] | None,
@@ -153,10 +180,12 @@ def prepare_ties(stream: TaskStream, weights: list[float] | None, densities: lis
     """The per-task trim thresholds, then the global majority sign (used where an entry's trimmed sum is 0)."""
     trim = TiesPlan(ties_thresholds(stream, [density if d is None else d for d in densities or [None] * stream.n]), 0.0)
     elected_total = 0
-    for key in stream.each("ties: signs", stream.float_keys()):
-        taus = stream.stacked(key)
-        trimmed = combine(taus, keep=trim.keep(taus), weights=weights, reduce="sum")
-        elected_total += int(torch.sign(trimmed).sum().item())
+
+    def elected(key: str, theta0: torch.Tensor, taus: torch.Tensor) -> int:
+        return int(torch.sign(combine(taus, keep=trim.keep(taus), weights=weights, reduce="sum")).sum().item())
+
+    for _, votes in stream.map("ties: signs", stream.float_keys(), elected):
+        elected_total += votes
     return TiesPlan(trim.thresholds, float((elected_total > 0) - (elected_total < 0)))
 
 
@@ -196,7 +225,10 @@ def dare(key: str, taus: torch.Tensor, fingerprints: list[str], weights: list[fl
     drops = [drop_rate if d is None else 1 - d for d in densities or [None] * len(taus)]
     keep = torch.stack([torch.rand(tau.shape, generator=torch.Generator().manual_seed(content_seed(seed, fp, key)),
                                    dtype=tau.dtype) > p for fp, tau, p in zip(fingerprints, taus, drops, strict=True)])
+    keep = keep.to(taus.device)  # drawn on the CPU: the same masks on every device
     rescale_by = None
-    if rescale:
-        rescale_by = 1 - drop_rate if densities is None else per_task(1 - torch.tensor(drops, dtype=taus.dtype), taus)
+    if rescale and densities is None:
+        rescale_by = 1 - drop_rate
+    elif rescale:
+        rescale_by = per_task(1 - torch.tensor(drops, dtype=taus.dtype, device=taus.device), taus)
     return combine(taus, keep=keep, rescale=rescale_by, weights=weights, scaling=scaling)

@@ -1,10 +1,14 @@
 """`merge_files`: a recipe's specialist files in, one merged detector file out — validated, streamed, atomic.
 
-Order of work: open everything lazily and check keys/shapes/dtypes/heads from the headers (cheap); one scan
-pass over all tensors (NaN/Inf, content hashes); refuse a specialist of another base (unless `force`);
-stream the method's output tensor by tensor into the file; merge the heads; write the metadata (recipe with
-every input's content hash, the method's diagnostics, outlier warnings from its task-vector norms and
-cosines) and the optional report.
+Order of work: open everything lazily and check keys/shapes/dtypes/heads/preprocessing from the headers
+(cheap); stream the method's output tensor by tensor into the file, the inputs hashed (`scan.py`) and checked
+for NaN/Inf (through each tensor's Gram) as the merge reads them, so every input is read once per pass of the
+method and never just to hash it; refuse a specialist of another base or a changed one (unless `force`) as
+soon as every input is hashed; merge the heads; write the metadata (recipe with every input's content hash,
+the formula, the method's diagnostics, outlier warnings from its task-vector norms and cosines) and the
+optional report. A refusal or a crash leaves no output file. The specialists' canonical order and the seeds of
+randomized steps come from a content fingerprint each: the sha256 of its head (known before any pass; when two
+heads are equal, of all its tensors, at the cost of one extra read).
 
 Heads: the specialists' heads were trained from different random heads, so they have no common base and
 task-vector methods do not apply to them. `average` (the R²M paper's choice) is the default;
@@ -13,8 +17,10 @@ task-vector methods do not apply to them. `average` (the R²M paper's choice) is
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +32,7 @@ from fakemerge.io.safetensors import LazyState, SafetensorsWriter
 from fakemerge.keys import HEAD_KEYS
 from fakemerge.merging.recipe import Recipe, recipe_from_merged
 from fakemerge.merging.report import jsonable, outlier_warnings, write_merge_report
-from fakemerge.merging.scan import scan_inputs
+from fakemerge.merging.scan import Scan, SortedState
 from fakemerge.models.detector import ModelMeta, read_meta
 from fakemerge.models.loading import open_source
 from fakemerge.models.preprocessing import common_preprocessing
@@ -134,26 +140,37 @@ def merge_files(recipe: Recipe, out: str | os.PathLike | None = None, *,
     layout = b.layout()
     states, metas, heads = (list(x) for x in zip(*[open_specialist(p, layout) for p in names], strict=True))
     preprocessing = _common_preprocessing(names, metas, heads)
-    scan = scan_inputs(b.state, states, names, heads, progress)
-    _check_provenance(names, metas, scan.base_hash, scan.hashes, recipe.per_model("hashes"), force)
-    run = merge_iter(recipe.method, b.state, states, weights=weights, densities=densities, progress=progress,
-                     fingerprints=scan.hashes, **params)
-    stored = recipe.stored(out.parent, scan.hashes, [m.families for m in metas], params, run.formula)
+    scan = Scan([b.state, *states], [None, *heads],
+                lambda hashes: _check_provenance(names, metas, hashes, recipe.per_model("hashes"), force))
+    fingerprints = scan.head_fingerprints()
+    if len(set(fingerprints)) < len(fingerprints):  # two specialists with one head: order them by all content
+        fingerprints = scan.finish()[1:]
+    run = merge_iter(recipe.method, SortedState(b.state), states, weights=weights, densities=densities,
+                     progress=progress, fingerprints=fingerprints, names=names, on_read=scan.record,
+                     device=recipe.device, **params)
     meta = ModelMeta(kind="merged", method=recipe.method, families=list(dict.fromkeys(f for m in metas
                                                                                        for f in m.families)),
-                     base_id=b.id, base_hash=scan.base_hash, backbone_config=b.config, recipe=stored,
-                     preprocessing=preprocessing)
+                     base_id=b.id, backbone_config=b.config, preprocessing=preprocessing)
     out_layout = {**layout, **{k: (heads[0][k].dtype, tuple(heads[0][k].shape)) for k in HEAD_KEYS}}
     if recipe.dtype is not None:
         dtype = getattr(torch, recipe.dtype)
         out_layout = {k: (dtype if d.is_floating_point else d, shape) for k, (d, shape) in out_layout.items()}
-    with atomic_path(out) as tmp, SafetensorsWriter(tmp, out_layout, meta.to_header()) as writer:
+    with atomic_path(out) as tmp, SafetensorsWriter(tmp, out_layout, meta.to_header()) as writer, \
+            ThreadPoolExecutor(1, thread_name_prefix="merge-write") as behind, contextlib.closing(scan):
+        writing = None  # one tensor is written while the next is merged
         for key, tensor in run:
-            writer.write(key, tensor)
+            if writing is not None:
+                writing.result()
+            writing = behind.submit(writer.write, key, tensor)
+        if writing is not None:
+            writing.result()
         for k, v in merge_heads(heads, recipe.head).items():
             writer.write(k, v)
+        hashes = scan.finish()  # every input read once; a wrong base or a changed specialist raises here
         diagnostics = jsonable(run.diagnostics)
         warnings = outlier_warnings(names, run.gram)
+        meta.base_hash = hashes[0]
+        meta.recipe = recipe.stored(out.parent, hashes[1:], [m.families for m in metas], params, run.formula)
         meta.extra = {"task_norms": diagnostics["task_norms"], "task_cosine": diagnostics["task_cosine"],
                       "warnings": warnings, "diagnostics": diagnostics}
         writer.close(meta.to_header())
@@ -174,16 +191,18 @@ def _common_preprocessing(names: list[str], metas: list[ModelMeta], heads: list[
     return common_preprocessing([(n, m.preprocessing_for(n)) for n, m in zip(names, metas, strict=True)]).to_dict()
 
 
-def _check_provenance(names: list[str], metas: list[ModelMeta], base_hash: str, hashes: list[str],
-                      expected: list[str | None], force: bool) -> None:
-    """Every specialist was fine-tuned from this base and, where a recipe recorded its hash, is unchanged."""
+def _check_provenance(names: list[str], metas: list[ModelMeta], hashes: list[str], expected: list[str | None],
+                      force: bool) -> None:
+    """Every specialist was fine-tuned from this base (hashes[0]) and, where a recipe recorded its hash
+    (hashes[1:]), is unchanged; InputError unless `force`."""
     if force:
         return
+    base_hash = hashes[0]
     for name, meta in zip(names, metas, strict=True):
         if meta.base_hash != base_hash:
             why = "records no base hash" if meta.base_hash is None else "was fine-tuned from a different base"
             raise InputError(f"{name}: {why} (base content hash {base_hash[:12]}…; --force to merge anyway)")
-    for name, want, got in zip(names, expected, hashes, strict=True):
+    for name, want, got in zip(names, expected, hashes[1:], strict=True):
         if want is not None and want != got:
             raise InputError(f"{name}: content changed since the recipe was recorded (sha256 {got[:12]}… ≠ "
                              f"{want[:12]}…; --force to merge anyway)")

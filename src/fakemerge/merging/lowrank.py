@@ -35,11 +35,20 @@ def noise_floor(theta0: torch.Tensor, terms: int = 1) -> float:
     return terms * EPS32 * float(theta0.double().norm())
 
 
+def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The thin SVD U, σ, Vᵀ of a matrix; a wide one is decomposed as its transpose (LAPACK's gesdd takes 2–3×
+    longer on m × n than on n × m when m < n, for the same factors up to rounding)."""
+    if a.shape[0] >= a.shape[1]:
+        return torch.linalg.svd(a, full_matrices=False)
+    u, s, vh = torch.linalg.svd(a.T, full_matrices=False)
+    return vh.T, s, u.T
+
+
 def polar(a: torch.Tensor, at_rank: bool, noise: float = 0.0) -> torch.Tensor:
     """The orthogonal polar factor P Qᵀ of `a` (same shape), optionally from its numerical-rank part only,
     where singular values up to `noise` also count as null (`a` stacks singular vectors known only to that
     precision: `vector_noise`)."""
-    p, s, qh = torch.linalg.svd(a, full_matrices=False)
+    p, s, qh = thin_svd(a)
     if at_rank:
         r = numerical_rank(s, a.shape, noise)
         p, qh = p[:, :r], qh[:r]
@@ -64,7 +73,7 @@ def span_rank(taus: torch.Tensor, floor: float) -> int:
     shape = taus.shape[1:]
     lefts, rights = [], []
     for tau in taus:
-        u, sv, vh = torch.linalg.svd(tau, full_matrices=False)
+        u, sv, vh = thin_svd(tau)
         r = numerical_rank(sv, shape, floor)
         if r == min(shape):
             return r
@@ -107,15 +116,16 @@ def truncated_svd(t: torch.Tensor, rank: int, seed: int, svd: str = "auto") -> t
     """
     k = min(t.shape)
     if rank >= k:
-        return (t, torch.eye(t.shape[1], dtype=t.dtype)) if t.shape[0] <= t.shape[1] else \
-            (torch.eye(t.shape[0], dtype=t.dtype), t)
+        return (t, torch.eye(t.shape[1], dtype=t.dtype, device=t.device)) if t.shape[0] <= t.shape[1] else \
+            (torch.eye(t.shape[0], dtype=t.dtype, device=t.device), t)
     if svd == "exact" or (svd == "auto" and (k <= EXACT_UP_TO or 4 * rank > k)):
-        u, sv, vh = torch.linalg.svd(t, full_matrices=False)
+        u, sv, vh = thin_svd(t)
         return u[:, :rank] * sv[:rank], vh[:rank]
     wide = t.shape[0] <= t.shape[1]
     a = t if wide else t.T
     g = torch.Generator().manual_seed(seed)
     omega = torch.randn(a.shape[1], min(rank + max(OVERSAMPLE, rank // 10), k), generator=g, dtype=a.dtype)
+    omega = omega.to(a.device)  # drawn on the CPU: the same sketch on every device
     basis = torch.linalg.qr(a @ omega).Q
     for _ in range(POWER_ITERATIONS):
         basis = torch.linalg.qr(a @ (a.T @ basis)).Q

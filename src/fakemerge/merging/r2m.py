@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from fakemerge.keys import is_bias_or_norm, is_linear_weight
-from fakemerge.merging.lowrank import SVD_MODE, content_seed, truncated_svd, truncation_rank
+from fakemerge.merging.lowrank import SVD_MODE, content_seed, thin_svd, truncated_svd, truncation_rank
 from fakemerge.merging.registry import Plan, choice, flag, integer, merge_method, number, weighted
 from fakemerge.merging.streams import TaskStream
 
@@ -82,7 +82,7 @@ def _truncate(res: torch.Tensor, rank_ratio: float | str, energy: float, rank_ro
               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Factors (L, R) of one residual's low-rank approximation."""
     if rank_ratio == "auto":
-        u, sv, vh = torch.linalg.svd(res, full_matrices=False)
+        u, sv, vh = thin_svd(res)
         r = _energy_rank(sv, energy)
         return u[:, :r] * sv[:r], vh[:r]
     return truncated_svd(res, truncation_rank(res.shape, rank_ratio, rank_round), seed, svd)
@@ -134,7 +134,7 @@ class Coefficients:
     def residuals(self, key: str, taus: torch.Tensor) -> torch.Tensor:
         """The N residuals of one key as an N × P matrix, in the task vectors' dtype."""
         flat = taus.reshape(self.n, -1)
-        return self.residual_weights(key).to(flat.dtype) @ flat
+        return self.residual_weights(key).to(flat) @ flat
 
     def truncated(self, key: str, taus: torch.Tensor) -> Factors:
         """Factors of the N truncated residuals of one linear weight."""
@@ -198,19 +198,21 @@ def prepare_r2m(stream: TaskStream, grams: dict[str, torch.Tensor], weights: lis
     layer_norms: dict[str, list[float]] = {}
     cached_bytes = 0
     res_gram = torch.zeros(n, n, dtype=torch.float64)
-    for key in s.each("r2m: residuals", s.float_keys()):
-        taus = s.stacked(key)
-        if is_linear_weight(key, taus[0]):
+
+    def truncated(key: str, theta0: torch.Tensor, taus: torch.Tensor) -> tuple[Factors | None, torch.Tensor]:
+        if is_linear_weight(key, theta0):
             factors = coef.truncated(key, taus)
-            gram = _factor_gram(factors)
+            return factors, _factor_gram(factors)
+        res = coef.residuals(key, taus)
+        return None, (res @ res.T).double().cpu()
+
+    for key, (factors, gram) in s.map("r2m: residuals", s.float_keys(), truncated):
+        if factors is not None:
             ranks[key] = [left.shape[1] for left, _ in factors]
             size = sum(left.numel() + right.numel() for left, right in factors) * factors[0][0].element_size()
             if cached_bytes + size <= FACTOR_CACHE_LIMIT * model_bytes:
                 cache[key] = factors
                 cached_bytes += size
-        else:
-            res = coef.residuals(key, taus)
-            gram = (res @ res.T).double()
         res_gram += gram
         layer_norms[key] = gram.diagonal().clamp_min(0).sqrt().tolist()
     task_sq = sum(grams.values(), torch.zeros(n, n, dtype=torch.float64)).diagonal()
@@ -255,9 +257,9 @@ def r2m(key: str, taus: torch.Tensor, plan: R2MPlan) -> torch.Tensor:
     flat = taus.reshape(coef.n, -1)
     if key in plan.ranks:
         factors = plan.factors(key, taus)
-        delta = (coef.core_weights(key).to(flat.dtype) @ flat).reshape(taus.shape[1:])
+        delta = (coef.core_weights(key).to(flat) @ flat).reshape(taus.shape[1:])
         lefts = torch.cat([ci * left for ci, (left, _) in zip(c.tolist(), factors, strict=True)], 1)
         return delta.addmm_(lefts, torch.cat([right for _, right in factors], 0), alpha=plan.scale)
     # residual_i = Σ_j R[i, j] τj: core and weighted residuals are one combination of the τj
     weights = coef.core_weights(key) + plan.scale * (coef.residual_weights(key).T @ c)
-    return (weights.to(flat.dtype) @ flat).reshape(taus.shape[1:])
+    return (weights.to(flat) @ flat).reshape(taus.shape[1:])

@@ -10,6 +10,7 @@ models:
     parameters: {weight: 0.5, density: 0.3}   # per model, where the method defines them
 parameters: {scaling: 0.3}      # FusionBench's names too: scaling_factor, threshold, sparsity_ratio, ...
 dtype: bfloat16                 # of the output (default: the base's)
+device: cpu                     # cpu (default) | cuda | auto: where the arithmetic runs (not stored)
 head: average                   # average | norm_matched
 out: merged.safetensors         # optional; `-o` overrides
 ```
@@ -67,6 +68,7 @@ class _RecipeFile(BaseModel):
     parameters: dict[str, Any] = {}
     head: Literal["average", "norm_matched"] = "average"
     dtype: Literal[DTYPES] | None = None  # type: ignore[valid-type]
+    device: str = "cpu"
     out: str | None = None
     formula: str | None = None  # stored recipes: what was applied (recomputed by every merge)
 
@@ -95,6 +97,7 @@ class Recipe:
     weights: list[float | None] = field(default_factory=list)  # per model, None: 1
     densities: list[float | None] = field(default_factory=list)  # per model, None: the method's own
     dtype: str | None = None  # of the output; None: the base's
+    device: str = "cpu"  # where the arithmetic runs: cpu | cuda[:i] | auto (results agree within parity)
     notes: list[str] = field(default_factory=list)  # how mergekit spellings were read
 
     def per_model(self, name: str) -> list:
@@ -142,7 +145,7 @@ class Recipe:
         local = resolve(written, relative_to)
         base = str(local) if local.exists() else written
         recipe = cls(method=method, base=base, models=[], parameters=dict(r.parameters), head=r.head,
-                     out=str(resolve(r.out, relative_to)) if r.out else None, dtype=r.dtype)
+                     out=str(resolve(r.out, relative_to)) if r.out else None, dtype=r.dtype, device=r.device)
         for entry in r.models:
             m = entry if isinstance(entry, _Model) else _Model(model=entry)
             path = resolve(m.model, relative_to)
@@ -175,7 +178,8 @@ def _check_method(method: str, source: str) -> None:
 def recipe_from_args(inputs: list[str], method: str | None = None, base: str | None = None,
                      add: list[str] | None = None, from_: str | os.PathLike | None = None,
                      params: dict | None = None, head: str | None = None,
-                     out: str | os.PathLike | None = None, dtype: str | None = None) -> Recipe:
+                     out: str | os.PathLike | None = None, dtype: str | None = None,
+                     device: str | None = None) -> Recipe:
     """One Recipe from whichever form a command line used: specialist files with `method` and `base`, one
     recipe .yaml, or `from_` (a merged file) with new specialists in `add`.
 
@@ -207,6 +211,7 @@ def recipe_from_args(inputs: list[str], method: str | None = None, base: str | N
     if dtype is not None and dtype not in DTYPES:
         raise InputError(f"--dtype {dtype}: not one of {', '.join(DTYPES)}")
     recipe.dtype = dtype or recipe.dtype
+    recipe.device = device or recipe.device
     if not recipe.out:
         raise InputError("merge: no output file (give -o OUT.safetensors or 'out:' in the recipe)")
     return recipe

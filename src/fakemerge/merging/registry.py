@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fakemerge.errors import InputError
-from fakemerge.merging.streams import TaskStream
+from fakemerge.merging.streams import OnRead, TaskStream
 from fakemerge.progress import Progress, silent
 
 
@@ -203,32 +203,37 @@ class MergeRun:
         grams = gram_pass(s) if method.grams else None
         offered = {**self.per_model, **self.params}
         plan = Plan() if method.prepare is None else call(method.prepare, stream=s, grams=grams, **offered)
+
+        def merged(key: str, theta0: torch.Tensor, taus: torch.Tensor | None):
+            if taus is None:
+                return theta0, None
+            gram = key_gram(s, key, theta0, taus) if grams is None else None
+            delta = call(method.delta, key=key, taus=taus, theta0=theta0.to(taus.device), plan=plan,
+                         fingerprints=s.fingerprints, **offered).cpu()
+            return (theta0.to(delta.dtype) + delta).to(theta0.dtype), gram
+
         total = torch.zeros(s.n, s.n, dtype=torch.float64)
         if grams is not None:
             total = sum(grams.values(), total)
-        for key in s.each("merge", s.keys):
-            if not s.is_float(key):
-                yield key, s.theta0(key)
-                continue
-            taus = s.stacked(key)
-            if grams is None:
-                flat = taus.reshape(s.n, -1)
-                total += (flat @ flat.T).double()
-            base = s.theta0(key)
-            delta = call(method.delta, key=key, taus=taus, theta0=base, plan=plan, fingerprints=s.fingerprints,
-                         **offered)
-            yield key, (base.to(delta.dtype) + delta).to(base.dtype)
+        for key, (tensor, gram) in s.map("merge", s.keys, merged):
+            if gram is not None:
+                total += gram
+            yield key, tensor
         self.gram = s.given_gram(total)
         self._diagnostics = {**gram_report(self.gram), **plan.diagnostics(s.given_order)}
 
 
 def gram_pass(s: TaskStream) -> dict[str, torch.Tensor]:
     """Per float tensor, the N×N Gram of its task vectors (product in the compute dtype, kept in float64)."""
-    grams = {}
-    for key in s.each("grams", s.float_keys()):
-        a = s.stacked(key).reshape(s.n, -1)
-        grams[key] = (a @ a.T).double()
-    return grams
+    return dict(s.map("grams", s.float_keys(), lambda key, theta0, taus: key_gram(s, key, theta0, taus)))
+
+
+def key_gram(s: TaskStream, key: str, theta0: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
+    """One tensor's N×N Gram; a NaN or Inf in any input shows in its diagonal and is an InputError naming it."""
+    flat = taus.reshape(s.n, -1)
+    gram = (flat @ flat.T).double().cpu()
+    s.check_finite(key, gram, theta0, taus)
+    return gram
 
 
 def gram_report(gram: torch.Tensor) -> dict[str, list]:
@@ -271,18 +276,36 @@ def weighted(terms: Sequence[str], weights: Sequence[float] | None) -> list[str]
 
 def merge_iter(method: str, base: Mapping[str, torch.Tensor], specialists: Sequence[Mapping[str, torch.Tensor]],
                *, weights: Sequence[float | None] | None = None, densities: Sequence[float | None] | None = None,
-               progress: Progress = silent, fingerprints: Sequence[str] | None = None, **params) -> MergeRun:
+               progress: Progress = silent, fingerprints: Sequence[str] | None = None,
+               names: Sequence[str] | None = None, on_read: OnRead | None = None, device: str = "cpu",
+               **params) -> MergeRun:
     """The merge as a `MergeRun`: parameters and key sets are validated now, tensors produced when iterated
     (a tensor whose shape differs from the base's raises InputError when it is first read).
 
     `weights` / `densities`: per specialist (as given), for the methods that define them (`formula` says
-    what they do). `fingerprints`: a content hash per specialist (the file engine passes the sha256 it
-    computed anyway); without them each specialist is hashed first (one extra read). They fix the order the
-    methods see.
+    what they do). `fingerprints`: a content hash per specialist; without them each specialist is hashed
+    first (one extra read). They fix the order the methods see. `names` (for errors), `on_read` (sees every
+    tensor as it is read) and `device` (where the arithmetic runs: cpu, cuda or auto) go to the `TaskStream`.
     """
     resolved, per_model, text = validate(method, params, len(specialists), weights, densities)
-    return MergeRun(get_method(method), TaskStream(base, specialists, progress, fingerprints), resolved, per_model,
-                    text)
+    stream = TaskStream(base, specialists, progress, fingerprints, names=names, on_read=on_read,
+                        device=resolve_device(device))
+    return MergeRun(get_method(method), stream, resolved, per_model, text)
+
+
+def resolve_device(device: str) -> torch.device:
+    """cpu | cuda[:i] | auto (cuda when available); a device this machine lacks is an InputError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device {device!r}: not a device (cpu, cuda, cuda:N or auto)") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r}: no CUDA device is available here (use cpu or auto)")
+    if chosen.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device!r}: merging runs on cpu or cuda")
+    return chosen
 
 
 def validate(method: str, params: Mapping[str, object], n: int, weights: Sequence[float | None] | None = None,

@@ -1,18 +1,28 @@
 """Per-key access to a base and its specialists' task vectors, for merge methods that stream.
 
-Inputs are touched only through `keys()` and `__getitem__`, so they may be lazy mappings that read one
-tensor from disk per access; nothing here keeps a whole model. Keys may be spelled with or without the
-`vision_model.` prefix in each input independently; results use the base's spelling.
+Inputs are touched only through `keys()` and `__getitem__` (and, if they have it, a header-only `spec(key)`
+giving dtype and shape), so they may be lazy mappings that read one tensor from disk per access; nothing
+here keeps a whole model. Keys may be spelled with or without the `vision_model.` prefix in each input
+independently; results use the base's spelling.
 
-The specialists are put in one canonical order, by a content fingerprint each (the caller's content hashes,
-else a sha256 of their tensors), so that every method sees the same stack whatever order they were given
-in, and any order gives the same bytes; what is reported per task goes back to the caller's order.
+A pass over the stream is `each(stage, keys)`: while the caller works on one key, a background thread reads
+the next key's tensors (file reads and the `on_read` hook, e.g. hashing, run beside the arithmetic), and
+each key is read once per pass however often it is asked for. `map(stage, keys, fn)` also runs `fn` for
+several keys at once, one thread each.
+
+The specialists are put in one canonical order, by a content fingerprint each (the caller's, else a sha256
+of their tensors), so that every method sees the same stack whatever order they were given in, and any
+order gives the same bytes; what is reported per task goes back to the caller's order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
 
@@ -21,30 +31,38 @@ from fakemerge.io.safetensors import hash_update
 from fakemerge.keys import bare
 from fakemerge.progress import Progress, silent
 
+OnRead = Callable[[int, str, torch.Tensor], None]  # (input: 0 base, 1… specialists as given, key, tensor)
+R = TypeVar("R")
+
 
 class TaskStream:
     """The base θ0 and task vectors τi = θi − θ0 of N specialists, one key at a time (read-only).
 
     `stacked(key)` returns the N task vectors of one tensor as one N × shape tensor in the compute dtype
-    (float32, or float64 when an input is float64). `each(stage, keys)` walks keys reporting progress, so
-    every pass over the stream (the driver's and a method's own) shows as a stage.
+    (float32, or float64 when an input is float64) on `device`. `each(stage, keys)` walks keys reporting
+    progress, so every pass over the stream (the driver's and a method's own) shows as a stage.
     """
 
     def __init__(self, base: Mapping[str, torch.Tensor], specialists: Sequence[Mapping[str, torch.Tensor]],
-                 progress: Progress = silent, fingerprints: Sequence[str] | None = None):
+                 progress: Progress = silent, fingerprints: Sequence[str] | None = None, *,
+                 names: Sequence[str] | None = None, on_read: OnRead | None = None,
+                 device: torch.device | str = "cpu"):
         if fingerprints is not None and len(fingerprints) != len(specialists):
             raise ValueError(f"{len(fingerprints)} fingerprints for {len(specialists)} specialists")
         self.base = base
         self.progress = progress
+        self.on_read = on_read
+        self.device = torch.device(device)
+        self.names = list(names) if names is not None else [f"specialist {i}" for i in range(len(specialists))]
         self.keys = list(base.keys())
-        names = [bare(k) for k in self.keys]
-        if len(set(names)) != len(names):
+        bare_names = [bare(k) for k in self.keys]
+        if len(set(bare_names)) != len(bare_names):
             raise InputError("base: the same tensor appears with and without the 'vision_model.' prefix")
-        for i, spec in enumerate(specialists):
+        for name, spec in zip(self.names, specialists, strict=True):
             own = {bare(k) for k in spec.keys()}  # noqa: SIM118 -- lazy inputs promise keys() only
-            missing, extra = set(names) - own, own - set(names)
+            missing, extra = set(bare_names) - own, own - set(bare_names)
             if missing or extra:
-                raise InputError(f"specialist {i}: its tensors do not match the base's: "
+                raise InputError(f"{name}: its tensors do not match the base's: "
                                  f"missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}")
         given = list(fingerprints) if fingerprints is not None else [fingerprint(s) for s in specialists]
         self.order = sorted(range(len(specialists)), key=lambda i: given[i])  # canonical position → given
@@ -52,6 +70,10 @@ class TaskStream:
         self.fingerprints = [given[i] for i in self.order]
         self._spelling = [{bare(k): k for k in spec.keys()} for spec in self.specialists]  # noqa: SIM118
         self.shapes: dict[str, torch.Size] = {}  # of every key read so far
+        self._float: dict[str, bool] = {}
+        self._current: tuple[str, tuple[torch.Tensor, list[torch.Tensor]]] | None = None
+        self._taus: tuple[str, torch.Tensor] | None = None
+        self._spare: dict[tuple, list[torch.Tensor]] = {}  # stacks `map` has finished with, by shape and dtype
 
     @property
     def n(self) -> int:
@@ -70,47 +92,135 @@ class TaskStream:
         return gram[where][:, where]
 
     def each(self, stage: str, keys: Iterable[str]) -> Iterator[str]:
+        """The keys in order, each one's tensors read (once) while the previous key is worked on."""
         keys = list(keys)
-        for done, key in enumerate(keys):
-            yield key
-            self.progress(stage, done + 1, len(keys))
+        with ThreadPoolExecutor(1, thread_name_prefix="merge-read") as reader:
+            pending: Future | None = reader.submit(self._read, keys[0]) if keys else None
+            for done, key in enumerate(keys):
+                self._current, self._taus = (key, pending.result()), None
+                pending = reader.submit(self._read, keys[done + 1]) if done + 1 < len(keys) else None
+                yield key
+                self.progress(stage, done + 1, len(keys))
+            self._current = self._taus = None
+
+    def map(self, stage: str, keys: Iterable[str],
+            fn: Callable[[str, torch.Tensor, torch.Tensor | None], R]) -> Iterator[tuple[str, R]]:
+        """`(key, fn(key, θ0, taus))` for each key in order (taus None for a non-float tensor), with `fn` run for
+        up to `torch.get_num_threads()` keys at once, each single-threaded: independent SVDs scale across
+        cores where one multi-threaded LAPACK call does not. The results do not depend on the thread count.
+        `taus` is reused for a later key once `fn` has returned: `fn` must not return or keep a view of it."""
+        workers = torch.get_num_threads()
+
+        def inputs(key: str) -> tuple[str, torch.Tensor, torch.Tensor | None]:
+            return key, self.theta0(key), self._stack(key) if self.is_float(key) else None
+
+        def single_threaded(*args):
+            torch.set_num_threads(1)  # OpenMP keeps a thread count per thread: set it in the worker itself
+            return fn(*args)
+
+        if workers <= 1:
+            for key in self.each(stage, keys):
+                args = inputs(key)
+                yield key, fn(*args)
+                self._release(args[2])
+            return
+        pending: deque[tuple[str, torch.Tensor | None, Future]] = deque()
+        with ThreadPoolExecutor(workers, thread_name_prefix="merge-key") as pool, one_thread_each():
+            for key in self.each(stage, keys):
+                args = inputs(key)
+                pending.append((key, args[2], pool.submit(single_threaded, *args)))
+                while len(pending) >= workers or (pending and pending[0][2].done()):
+                    done, taus, future = pending.popleft()
+                    yield done, future.result()
+                    self._release(taus)
+            while pending:
+                done, taus, future = pending.popleft()
+                yield done, future.result()
+                self._release(taus)
+
+    def _read(self, key: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """θ0 and every θi of one key (specialists in canonical order), shapes checked."""
+        base = self.base[key].detach()
+        if self.on_read is not None:
+            self.on_read(0, key, base)
+        thetas = []
+        for c, spec in enumerate(self.specialists):
+            t = spec[self._spelling[c][bare(key)]].detach()
+            if t.shape != base.shape:
+                raise InputError(f"{self.names[self.order[c]]}: tensor {bare(key)} has shape {tuple(t.shape)}, "
+                                 f"the base has {tuple(base.shape)}")
+            if self.on_read is not None:
+                self.on_read(self.order[c] + 1, key, t)
+            thetas.append(t)
+        return base, thetas
+
+    def _tensors(self, key: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self._current is None or self._current[0] != key:
+            self._current = (key, self._read(key))
+        base, thetas = self._current[1]
+        self.shapes[key] = base.shape
+        self._float[key] = base.is_floating_point()
+        return base, thetas
 
     def theta0(self, key: str) -> torch.Tensor:
-        t = self.base[key].detach()
-        self.shapes[key] = t.shape
-        return t
+        return self._tensors(key)[0]
 
     def is_float(self, key: str) -> bool:
-        return self.base[key].is_floating_point()
+        if key not in self._float:
+            spec = getattr(self.base, "spec", None)  # a lazy file mapping knows the dtype from its header
+            self._float[key] = spec(key)[0].is_floating_point if spec else self.base[key].is_floating_point()
+        return self._float[key]
 
     def float_keys(self) -> list[str]:
         return [k for k in self.keys if self.is_float(k)]
 
-    def specialist(self, i: int, key: str) -> torch.Tensor:
-        t = self.specialists[i][self._spelling[i][bare(key)]].detach()
-        base = self.base[key]
-        if t.shape != base.shape:
-            raise InputError(f"specialist {self.order[i]}: tensor {bare(key)} has shape {tuple(t.shape)}, "
-                             f"the base has {tuple(base.shape)}")
-        return t
-
     def dtype_for(self, *tensors: torch.Tensor) -> torch.dtype:
         return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
-    def task(self, i: int, key: str) -> torch.Tensor:
-        """τi of `key` in the compute dtype."""
-        base, theta = self.theta0(key), self.specialist(i, key)
-        dtype = self.dtype_for(base, theta)
-        return theta.to(dtype) - base.to(dtype)
-
     def stacked(self, key: str) -> torch.Tensor:
-        """The N task vectors of `key` as one N × shape tensor in the compute dtype (one allocation)."""
-        base = self.theta0(key)
-        thetas = [self.specialist(i, key) for i in range(self.n)]
+        """The N task vectors of `key` as one N × shape tensor in the compute dtype on the device (θi − θ0
+        written straight into it)."""
+        if self._taus is None or self._taus[0] != key:
+            self._taus = (key, self._stack(key))
+        return self._taus[1]
+
+    def _stack(self, key: str) -> torch.Tensor:
+        base, thetas = self._tensors(key)
         dtype = self.dtype_for(base, *thetas)
-        taus = torch.stack([t.to(dtype) for t in thetas])
-        taus -= base.to(dtype)
+        base = base.to(self.device, dtype)
+        spare = self._spare.get((base.shape, dtype))
+        taus = spare.pop() if spare else torch.empty((self.n, *base.shape), dtype=dtype, device=self.device)
+        for i, t in enumerate(thetas):
+            torch.sub(t.to(self.device, dtype), base, out=taus[i])
         return taus
+
+    def _release(self, taus: torch.Tensor | None) -> None:
+        """Keep a stack `map` is done with for the next key of its shape: a fresh tensor of tens of MB costs
+        more in page faults than filling it."""
+        if taus is not None:
+            self._spare.setdefault((taus.shape[1:], taus.dtype), []).append(taus)
+
+    def check_finite(self, key: str, gram: torch.Tensor, theta0: torch.Tensor, taus: torch.Tensor) -> None:
+        """Raise InputError naming the input and tensor when this key's Gram shows a NaN or Inf (a non-finite
+        τi comes from θi or, when every τ is non-finite there, from θ0)."""
+        if bool(torch.isfinite(gram.diagonal()).all()):
+            return
+        if not bool(torch.isfinite(theta0).all()):
+            raise InputError(f"base: tensor {key} contains NaN or Inf values")
+        for c, tau in enumerate(taus):
+            if not bool(torch.isfinite(tau).all()):
+                raise InputError(f"{self.names[self.order[c]]}: tensor {key} contains NaN or Inf values")
+
+
+@contextlib.contextmanager
+def one_thread_each() -> Iterator[None]:
+    """torch's intra-op threads set to 1 while several keys run side by side (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def fingerprint(state: Mapping[str, torch.Tensor]) -> str:

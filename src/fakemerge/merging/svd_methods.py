@@ -9,16 +9,20 @@ rounding of the weights can fake (`lowrank.noise_floor`: eps_float32 · ‖θ0�
 for their sum). Null directions are an arbitrary choice of the SVD routine: a method that used them would
 depend on the LAPACK build and precision. Whether a tensor has them is decided on the task vectors, never on
 their sum alone (a sum of full-rank task vectors can be ill-conditioned with every direction determined):
-- Full-rank branch (every task vector has rank min(m, n), as seen by the method): FusionBench's arithmetic,
-  unchanged (parity), however ill-conditioned the sum.
-- Low-rank branch (Effort/FMSD specialists). TSV-M: task i gives min(r, rank(τi)) triplets instead of r.
-  Iso-C / Iso-CTS: the size k of the flattened space is the number of directions the task vectors span,
-  `lowrank.span_rank` (the smaller rank of their stacked column and row spaces; only computed when Σ τi is
-  itself rank-deficient): Iso-C keeps the top k directions of Σ τi, Iso-CTS sizes its common and task spaces
-  from k and each task gives min(n, rank(τi')) directions. The polar factors of the stacked singular vectors
-  are taken at the stack's numerical rank, counting as null what rounding noise can fake there
-  (`lowrank.vector_noise`): task vectors that share a direction, as Effort specialists share the base's
-  tail, make the stack rank-deficient.
+- Full-rank branch (every direction the method takes from a task vector is non-null: TSV-M's top r of each
+  τi, Iso's span of all min(m, n) directions, Iso-CTS's top n of each projected τi'): FusionBench's
+  arithmetic, unchanged (parity), however ill-conditioned the sum, and however small the tail singular
+  values of a square task vector (a random square matrix has some near 0, legitimately).
+- Low-rank branch (Effort/FMSD specialists, whose task vectors have a rank far below those counts). TSV-M:
+  task i gives min(r, rank(τi)) triplets. Iso-C / Iso-CTS: the size k of the flattened space is the number
+  of directions the task vectors span, `lowrank.span_rank` (the smaller rank of their stacked column and row
+  spaces; only computed when Σ τi is itself rank-deficient): Iso-C keeps the top k directions of Σ τi,
+  Iso-CTS sizes its common and task spaces from k and each task gives min(n, rank(τi')) directions. The
+  polar factors of the stacked singular vectors are taken at the stack's numerical rank, counting as null
+  what rounding noise can fake there (`lowrank.vector_noise`): task vectors that share a direction, as
+  Effort specialists share the base's tail, make the stack rank-deficient. (Full-rank-branch task vectors
+  that share a direction exactly would make FusionBench's arithmetic arbitrary too; that happens only
+  when r or n is about a task vector's rank, i.e. on tiny matrices.)
 So null directions are never promoted and float32 and float64 inputs agree; `lowrank="fusionbench"` forces
 FusionBench's arithmetic everywhere.
 Memory of each: base + N tensors of one key and their SVDs.
@@ -36,6 +40,7 @@ from fakemerge.merging.lowrank import (
     numerical_rank,
     polar,
     span_rank,
+    thin_svd,
     truncated_svd,
     truncation_rank,
     vector_noise,
@@ -61,9 +66,9 @@ def tsv(taus: torch.Tensor, theta0: torch.Tensor, alpha: float, lowrank: str) ->
     shape = taus.shape[1:]
     r = int(min(shape) * (1 / len(taus)))
     floor = noise_floor(theta0)
-    svds = [torch.linalg.svd(tau, full_matrices=False) for tau in taus]
+    svds = [thin_svd(tau) for tau in taus]
     ranks = [numerical_rank(sv, shape, floor) for _, sv, _ in svds]
-    low = lowrank == "auto" and min(ranks) < min(shape)
+    low = lowrank == "auto" and min(ranks) < r  # a direction TSV-M would take is null
     keep = [min(r, rank) if low else r for rank in ranks]
     us, ss, vhs = ([part[..., :rt] if i == 0 else part[:rt] for rt, part in zip(keep, parts, strict=True)]
                    for i, parts in enumerate(zip(*svds, strict=True)))
@@ -84,7 +89,7 @@ def iso_c(taus: torch.Tensor, theta0: torch.Tensor, scaling: float, lowrank: str
     if taus.ndim != 3:
         return scaling * taus.mean(0)
     m = taus.sum(0)
-    u, sv, vh = torch.linalg.svd(m, full_matrices=False)
+    u, sv, vh = thin_svd(m)
     floor = noise_floor(theta0)
     if lowrank == "auto" and numerical_rank(sv, m.shape, len(taus) * floor) < sv.numel():
         k = span_rank(taus, floor)
@@ -107,7 +112,7 @@ def iso_cts(taus: torch.Tensor, theta0: torch.Tensor, common_fraction: float, sc
         return scaling * taus.mean(0)
     auto, t, shape = lowrank == "auto", len(taus), taus.shape[1:]
     m = taus.sum(0)
-    u, sv, vh = torch.linalg.svd(m, full_matrices=False)
+    u, sv, vh = thin_svd(m)
     k = min(shape)
     floor = noise_floor(theta0)
     if auto and numerical_rank(sv, shape, t * floor) < k:
@@ -117,9 +122,9 @@ def iso_cts(taus: torch.Tensor, theta0: torch.Tensor, common_fraction: float, sc
         task_space -= t
     c, n = k - task_space, task_space // t
     uc, sc, vhc = u[:, :c], sv[:c], vh[:c]
-    svds = [torch.linalg.svd(tau - uc @ (uc.T @ tau), full_matrices=False) for tau in taus]
+    svds = [thin_svd(tau - uc @ (uc.T @ tau)) for tau in taus]
     ranks = [numerical_rank(st, shape, floor) for _, st, _ in svds]
-    low = auto and (k < min(shape) or min(ranks) < min(shape) - c)
+    low = auto and (k < min(shape) or min(ranks) < n)  # a direction Iso-CTS would take is null
     keep = [min(n, rank) if low else n for rank in ranks]
     us, ss, vhs = ([part[..., :nt] if i == 0 else part[:nt] for nt, part in zip(keep, parts, strict=True)]
                    for i, parts in enumerate(zip(*svds, strict=True)))
