@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionConfig
 
 from fakemerge.errors import InputError
 from fakemerge.io.safetensors import tensors_sha256
 from fakemerge.keys import PREFIX, canonical, strip_prefix
+
+if TYPE_CHECKING:  # the model classes import in seconds: only where a model is built
+    from transformers import CLIPVisionModel
 
 CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps", "projection_dim")
@@ -81,6 +85,8 @@ def load_backbone_state(model: CLIPVisionModel, state: Mapping[str, torch.Tensor
 
 def build_backbone(config: Mapping, state: Mapping[str, torch.Tensor]) -> CLIPVisionModel:
     """A float32 CLIP vision tower of `config` holding `state` (either key spelling), in eval mode."""
+    from transformers import CLIPVisionModel
+
     model = CLIPVisionModel(config_from_dict(config))
     load_backbone_state(model, state)  # load_state_dict casts into the model's float32 parameters
     return model.float().eval()

@@ -13,11 +13,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionConfig
 
 import fakemerge
 from fakemerge.errors import InputError
@@ -25,6 +26,9 @@ from fakemerge.io.safetensors import save_tensors
 from fakemerge.keys import HEAD_KEYS, PREFIX
 from fakemerge.models.backbone import backbone_state, build_backbone, config_to_dict
 from fakemerge.models.preprocessing import Preprocessing
+
+if TYPE_CHECKING:  # the model classes import in seconds: only where a model is built
+    from transformers import CLIPVisionModel
 
 FORMAT = "fakemerge.detector/1"
 MARKER = "fakemerge_format"

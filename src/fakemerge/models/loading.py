@@ -20,9 +20,10 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionConfig
 
 from fakemerge.errors import InputError
 from fakemerge.io import file_sha256, read_mapping
@@ -39,6 +40,9 @@ from fakemerge.models.detector import (
 )
 from fakemerge.models.preprocessing import Preprocessing, preset
 from fakemerge.models.pth_import import CHECKPOINT_SUFFIXES, ORIGIN, Foreign, from_state, read_checkpoint
+
+if TYPE_CHECKING:  # the model classes import in seconds: only where a model is built
+    from transformers import CLIPVisionModel
 
 HEAD_FILE = "head.safetensors"  # beside model.safetensors in an exported HF directory
 _RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL codes in preprocessor_config.json
@@ -233,6 +237,8 @@ def _hf_dir(path: Path) -> Source:
 def _hf_id(spec: str) -> Source:
     try:
         with quiet_transformers():
+            from transformers import CLIPVisionModel
+
             model = CLIPVisionModel.from_pretrained(spec)
     except (OSError, ValueError) as e:
         raise InputError(f"{spec}: cannot load a CLIP vision tower ({str(e).splitlines()[0]})") from None
