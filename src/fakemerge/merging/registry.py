@@ -6,13 +6,15 @@ decorator carries every parameter with its default and rule, written once. A met
 model first (TIES' global threshold, R²M's cross-layer Gram) also declares a `prepare(stream, ...)` pass that
 returns a `Plan` (whatever the deltas share, plus its diagnostics). Each function receives exactly what its
 signature names: a delta any of `key`, `taus`, `theta0` (the base tensor), `plan`, `fingerprints` (one
-content hash per row of taus, for seeds that do not depend on the specialists' order) and the parameters; a
-prepare `stream` (the `TaskStream`), `grams` and the parameters.
+content hash per row of taus, for seeds that do not depend on the specialists' order), `weights` and
+`densities` (per model, for the methods that define them) and the parameters; a prepare `stream` (the
+`TaskStream`), `grams`, `weights`, `densities` and the parameters.
 
 The driver (`MergeRun`) owns everything else: the per-tensor Gram pass when a prepare names `grams`, the key
-loop in the base's order, pass-through of non-float tensors, θ0 + Δ in the base's dtype, and the report (task
-norms and cosines from the Gram of all task vectors, plus the plan's diagnostics). Adding a method is one
-module with one decorated function, imported in `merging/__init__.py`.
+loop in the base's order (keys side by side on the threads, `TaskStream.map`), pass-through of non-float
+tensors, θ0 + Δ in the base's dtype, the NaN/Inf check (from each tensor's Gram), and the report (task norms
+and cosines from the Gram of all task vectors, plus the plan's diagnostics). Adding a method is one module
+with one decorated function, imported in `merging/__init__.py`.
 """
 
 from __future__ import annotations
