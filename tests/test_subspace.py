@@ -21,6 +21,7 @@ from fakemerge.models.subspace import (
     orthonormality_loss,
     spectral_loss,
     subspace_layers,
+    tail_energy_ratio,
     tail_triplets,
 )
 
@@ -177,9 +178,21 @@ def test_spectral_loss_zero_at_init_and_hand_computed():
     s0 = layer.s0.clone()
     with torch.no_grad():
         layer.s.mul_(torch.tensor([2.0, 2.0, 1.0, 1.0]))
-    w2 = (_linear(12, 12).weight.double() ** 2).sum()
-    expected = (3 * (s0[:2].double() ** 2).sum()) ** 2 / w2**2
+    tail = (s0.double() ** 2).sum()  # normalised by the tail's initial energy, not by ‖W‖⁴
+    expected = (3 * (s0[:2].double() ** 2).sum() / tail) ** 2
     assert spectral_loss(holder).item() == pytest.approx(expected.item(), rel=1e-4)
+    assert tail_energy_ratio(holder) == pytest.approx(((layer.s.double() ** 2).sum() / tail).item(), rel=1e-6)
+
+
+def test_spectral_loss_is_order_one_when_every_subspace_energy_doubles():
+    """The reason for the normalisation: with ÷‖W‖⁴ this was ~1e-8 and λ_spec had no effect."""
+    layer = SubspaceLinear(_linear(64, 64), subspaces=2, rank=2)
+    with torch.no_grad():
+        layer.s.mul_(2**0.5)  # every subspace's energy doubles
+    assert spectral_loss(nn.Sequential(layer)).item() == pytest.approx(
+        (((layer.s0[:2] ** 2).sum() ** 2 + (layer.s0[2:] ** 2).sum() ** 2) / (layer.s0**2).sum() ** 2).item(),
+        rel=1e-4)
+    assert spectral_loss(nn.Sequential(layer)).item() > 0.3
 
 
 def test_energy_loss_matches_dense_computation():

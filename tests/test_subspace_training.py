@@ -60,8 +60,8 @@ def test_effort_specialist_differs_only_in_attention_with_rank_at_most_2(tiny_ba
 
 def test_fmsd_specialist_differs_only_in_selected_layers_rank_at_most_2kd(tiny_base, tiny_data, tmp_path):
     out = tmp_path / "fmsd.safetensors"
-    options = {"subspaces": 2, "rank": 2, "layer_ratio": 0.5, "probe_batches": 3, "warmup_steps": 5,
-               "include_mlp": True}
+    options = {"subspaces": 2, "rank": 2, "layer_ratio": 0.5, "probe_batches": 3, "warmup_batches": 1,
+               "warmup_steps": 5, "include_mlp": True}
     train(_config(tiny_base, tiny_data, out, "fmsd", method_options=options, lr=1e-2))
     meta = read_meta(out)
     selected = meta.extra["selected_layers"]
@@ -80,13 +80,13 @@ def test_fmsd_rejects_bad_options(tiny_base, tiny_data, tmp_path):
                        ({"rank": 40}, "rank")):
         with pytest.raises(InputError, match=match):
             train(_config(tiny_base, tiny_data, tmp_path / "x.safetensors", "fmsd",
-                          method_options={"warmup_steps": 0, **bad}))
+                          method_options={"warmup_steps": 0, "probe_batches": 2, **bad}))
     with pytest.raises(InputError, match="effort option rank"):
         train(_config(tiny_base, tiny_data, tmp_path / "x.safetensors", "effort", method_options={"rank": 2}))
 
 
-RESCORE = {"rescore_every_epoch": True, "subspaces": 2, "rank": 2, "probe_batches": 3, "warmup_steps": 5,
-           "include_mlp": True}
+RESCORE = {"rescore_every_epoch": True, "subspaces": 2, "rank": 2, "probe_batches": 3, "warmup_batches": 1,
+           "warmup_steps": 5, "include_mlp": True}
 
 
 def test_fmsd_rescoring_trains_each_epochs_selection_and_resets_the_rest(tiny_base, tiny_data, tmp_path):
@@ -133,7 +133,8 @@ def test_fmsd_rescoring_resumes_after_a_kill_with_identical_results(tiny_base, t
 
 
 def test_fmsd_resumes_after_a_kill_with_identical_results(tiny_base, tiny_data, tmp_path):
-    options = {"subspaces": 2, "rank": 2, "probe_batches": 2, "warmup_steps": 3, "lambda_orth": 1.0,
+    options = {"subspaces": 2, "rank": 2, "probe_batches": 2, "warmup_batches": 2, "warmup_steps": 3,
+               "lambda_orth": 1.0,
                "lambda_spec": 1.0, "lambda_energy": 0.5}
     straight = tmp_path / "straight.safetensors"
     train(_config(tiny_base, tiny_data, straight, "fmsd", method_options=options))
@@ -160,7 +161,7 @@ def test_cli_flags_reach_fmsd(tiny_base, tiny_data, tmp_path):
     main(["train", "--base", str(tiny_base), "--data", str(tiny_data), "--families", "FS", "-o", str(out),
           "--method", "fmsd", "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--rank", "1",
           "--subspaces", "3", "--layer-ratio", "0.25", "--score", "gradnorm", "--lambda-orth", "0",
-          "--opt", "warmup_steps=2", "--opt", "probe_batches=2"])
+          "--opt", "warmup_steps=2", "--opt", "probe_batches=2", "--opt", "warmup_batches=1"])
     meta = read_meta(out)
     assert meta.recipe["method_options"]["subspaces"] == 3
     assert (meta.extra["subspaces"], meta.extra["rank"], meta.extra["score"]) == (3, 1, "gradnorm")
@@ -172,7 +173,50 @@ def test_fmsd_with_one_rank1_subspace_on_all_layers_is_effort(tiny_base, tiny_da
     effort_out, fmsd_out = tmp_path / "effort.safetensors", tmp_path / "fmsd.safetensors"
     train(_config(tiny_base, tiny_data, effort_out, "effort", lr=1e-2))
     train(_config(tiny_base, tiny_data, fmsd_out, "fmsd", lr=1e-2, method_options={
-        "score": "all", "subspaces": 1, "rank": 1, "lambda_orth": 0, "lambda_spec": 0}))
+        "score": "all", "subspaces": 1, "rank": 1, "lambda_orth": 0, "lambda_spec": 0, "warmup_steps": 0}))
     a, b = load_file(str(effort_out)), load_file(str(fmsd_out))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert read_meta(fmsd_out).extra["selected_layers"] == read_meta(effort_out).extra["selected_layers"]
+
+
+def test_every_layer_selection_starts_from_the_same_head_warmed_up_on_other_batches(tiny_base, monkeypatch):
+    """The FMSD ablation must change the selection only: same warm-up for gsnr, gradnorm, random, all and
+    explicit layers, on batches that are not the scored ones (issue 11 item 4)."""
+    from fakemerge.models.backbone import load_base
+    from fakemerge.models.detector import Detector
+    from fakemerge.models.subspace import ATTENTION, linear_names
+    from fakemerge.training import subspace_methods as sm
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 0, 1])) for _ in range(5)]
+    scored_with = []
+    real_scores = sm.gradient_scores
+    monkeypatch.setattr(sm, "gradient_scores", lambda model, names, loss, b, score, **kw: (
+        scored_with.append(list(b)) or real_scores(model, names, loss, b, score, **kw)))
+    heads = {}
+    for variant in ({"score": "gsnr"}, {"score": "gradnorm"}, {"score": "random"}, {"score": "all"},
+                    {"layers": ["vision_model.encoder.layers.0.self_attn.q_proj"]}):
+        torch.manual_seed(0)
+        detector = Detector(load_base(tiny_base)[0])
+        initial = detector.head.weight.detach().clone()
+        opts = sm.FmsdOptions(warmup_batches=2, probe_batches=3, warmup_steps=5, **variant)
+        sm._choose_layers(detector, opts, linear_names(detector.backbone, ATTENTION), iter(batches))
+        assert not torch.equal(detector.head.weight, initial)  # the warm-up ran
+        heads[str(variant)] = detector.head.weight.detach().clone()
+    first = next(iter(heads.values()))
+    assert all(torch.equal(h, first) for h in heads.values())
+    gradient_runs = scored_with[:2]  # gsnr and gradnorm score on batches 2-4, never the warm-up's 0-1
+    assert all(len(b) == 3 and all(torch.equal(x, batches[2 + i][0]) for i, (x, _) in enumerate(b))
+               for b in gradient_runs)
+    with pytest.raises(InputError, match="warm-up"):  # too little training data is an error, not a guess
+        sm._choose_layers(Detector(load_base(tiny_base)[0]), sm.FmsdOptions(warmup_batches=3, probe_batches=3),
+                          linear_names(load_base(tiny_base)[0], ATTENTION), iter(batches))
+
+
+def test_subspace_models_record_their_spectrum(tiny_base, tiny_data, tmp_path):
+    out = tmp_path / "fmsd.safetensors"
+    train(_config(tiny_base, tiny_data, out, "fmsd", lr=1e-2, epochs=1, method_options={
+        "probe_batches": 2, "warmup_batches": 2, "lambda_spec": 0.0}))
+    spectrum = read_meta(out).extra["spectrum"]
+    assert spectrum["tail_energy_ratio"] > 0 and spectrum["tail_energy_ratio"] != pytest.approx(1.0)
+    assert spectrum["loss_spec"] > 0 and spectrum["loss_orth"] >= 0

@@ -248,3 +248,29 @@ def test_accelerate_launch_two_cpu_processes(tiny_base, tiny_data, tmp_path):
     assert history[-1]["train_loss"] < history[0]["train_loss"] and meta.extra["val"]["auc"] > 0.7
     written = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("ddp", ".ddp")))
     assert written == ["ddp.log.jsonl", "ddp.safetensors"]  # no temp files or checkpoint left behind
+
+
+def test_optimizer_option_reproduces_effort_recipe_with_l2_decay():
+    """`optimizer: adam` puts weight decay into the gradient (L2, Effort's torch.optim.Adam); `adamw`
+    decays the weights directly. With a zero loss gradient Adam's L2 step moves a weight by ~lr, AdamW's
+    by lr·wd·w."""
+    from torch import nn
+
+    from fakemerge.config import EFFORT_RECIPE
+    from fakemerge.training.trainer import _optimizer
+
+    moved = {}
+    for name in ("adam", "adamw"):
+        cfg = TrainConfig(base="b", data="d", families=["FS"], out="o", **{**EFFORT_RECIPE, "optimizer": name})
+        p = nn.Parameter(torch.ones(3, dtype=torch.float64))
+        opt = _optimizer([p], cfg, cfg.lr)
+        assert type(opt) is {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+        assert opt.defaults["weight_decay"] == 5e-4 and opt.defaults["lr"] == 2e-4
+        p.grad = torch.zeros_like(p)
+        opt.step()
+        moved[name] = float(1 - p[0])
+    assert moved["adam"] == pytest.approx(2e-4, rel=1e-3)
+    assert moved["adamw"] == pytest.approx(2e-4 * 5e-4, rel=1e-3)
+    for bad in ({"optimizer": "sgd"}, {"weight_decay": -1.0}):
+        with pytest.raises(Exception, match="optimizer|weight_decay|must be"):
+            TrainConfig(base="b", data="d", families=["FS"], out="o", **bad)

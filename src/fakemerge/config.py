@@ -4,6 +4,9 @@ Training defaults suit the tiny ForgeryLab ViT on CPU: AdamW, cosine decay to 0,
 (better validation AUC than 4 of batch 64 in less time; see demo.SCALES),
 no weight decay (decay pulls weights towards zero, not towards the base, and so inflates task vectors),
 lr by method when not given (full 3e-4, linear 1e-3, others as their method registers).
+Effort's released recipe (its DeepfakeBench config `detector/effort.yaml`: Adam, lr 2e-4, weight decay 5e-4
+as an L2 term, no lr scheduler) is `optimizer: adam, weight_decay: 5e-4, schedule: constant, lr: 2e-4`
+(EFFORT_RECIPE).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class TrainConfig(DataOptions):
     epochs: Positive = 3
     batch_size: Positive = 32
     lr: float | None = None  # None: the method's default
+    optimizer: Literal["adamw", "adam"] = "adamw"  # adam: weight_decay is an L2 term (torch.optim.Adam)
     weight_decay: float = 0.0
     schedule: Literal["cosine", "constant"] = "cosine"
     seed: int = 0
@@ -72,6 +76,13 @@ class TrainConfig(DataOptions):
 
     def data_options(self) -> DataOptions:
         return DataOptions(**self.model_dump(include=set(DataOptions.model_fields)))
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _non_negative(cls, v):
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
 
     def recipe(self) -> dict:
         """The settings that define the result (what a resumed run must share with the original)."""
@@ -123,6 +134,9 @@ class EvalOptions(BaseModel):
         from fakemerge.evaluation.perturbations import parse
 
         return [p.name for p in parse(v or [])]
+
+
+EFFORT_RECIPE = {"optimizer": "adam", "weight_decay": 5e-4, "schedule": "constant", "lr": 2e-4}
 
 
 def parse_assignments(pairs: list[str], source: str) -> dict[str, Any]:

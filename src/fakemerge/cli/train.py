@@ -34,7 +34,10 @@ def train_command(
     batch_size: int = typer.Option(None, "--batch-size", help="Batch size per process (default 32)."),
     lr: float = typer.Option(None, "--lr",
                              help="Learning rate (default by method: full 3e-4, linear 1e-3, effort/fmsd 2e-4)."),
-    weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0)."),
+    optimizer: str = typer.Option(None, "--optimizer", help="adamw (default) | adam (Effort's recipe: "
+                                  "--optimizer adam --weight-decay 5e-4 --set schedule=constant --lr 2e-4)."),
+    weight_decay: float = typer.Option(None, "--weight-decay",
+                                       help="Weight decay (default 0; decoupled for adamw, L2 for adam)."),
     seed: int = typer.Option(None, "--seed", help="Random seed (default 0)."),
     num_workers: int = typer.Option(None, "--num-workers",
                                     help="Data loader worker processes (default: 0 on CPU, 2 on GPU)."),
@@ -60,8 +63,9 @@ def train_command(
     transformers.utils.logging.disable_progress_bar()
     local = locals()
     flags = {k: local[k] for k in ("base", "families", "method", "root", "epochs", "batch_size", "lr",
-                                   "weight_decay", "seed", "num_workers", "compression", "frames_per_video",
-                                   "family_map", "mixed_precision", "grad_accum") if local[k] is not None}
+                                   "optimizer", "weight_decay", "seed", "num_workers", "compression",
+                                   "frames_per_video", "family_map", "mixed_precision", "grad_accum")
+             if local[k] is not None}
     flags.update({k: list(local[k]) for k in ("data", "path_map") if local[k]})
     if allow_split_overlap:
         flags["allow_split_overlap"] = True

@@ -171,14 +171,36 @@ def orthogonality_loss(model: nn.Module) -> torch.Tensor:
     return _mean(terms, model)
 
 
+TAIL_FLOOR = 1e-8  # a tail holding less than this fraction of ‖W‖² is normalised by TAIL_FLOOR · ‖W‖²
+
+
+def _tail_energy0(layer: SubspaceLinear) -> torch.Tensor:
+    return torch.maximum((layer.s0**2).sum(), TAIL_FLOOR * layer.weight_norm2)
+
+
 def spectral_loss(model: nn.Module) -> torch.Tensor:
-    """L_spec = Σ_k (‖s_k‖² − ‖s_k⁽⁰⁾‖²)² / ‖W‖⁴_F: each subspace keeps its share of the spectrum's energy."""
+    """L_spec = Σ_k ((‖s_k‖² − ‖s_k⁽⁰⁾‖²) / E₀)², E₀ = Σ_k ‖s_k⁽⁰⁾‖² (the tail's initial energy): each artifact
+    subspace keeps its share of the spectrum's energy.
+
+    Normalised by the tail's own energy, not by ‖W‖⁴: the tail holds ~1e-4 of a pretrained weight's energy,
+    so with ‖W‖⁴ the loss was ~1e-8 when every subspace's energy doubled and λ had no effect; now doubling
+    every one of K equal subspaces costs 1/K.
+    """
     terms = []
     for layer in subspace_layers(model).values():
         k, d = layer.subspaces, layer.rank
         diff = (layer.s**2).reshape(k, d).sum(1) - (layer.s0**2).reshape(k, d).sum(1)
-        terms.append((diff**2).sum() / layer.weight_norm2**2)
+        terms.append(((diff / _tail_energy0(layer)) ** 2).sum())
     return _mean(terms, model)
+
+
+@torch.no_grad()
+def tail_energy_ratio(model: nn.Module) -> float | None:
+    """Mean over decomposed layers of Σ‖s_k‖² / Σ‖s_k⁽⁰⁾‖²: how far training moved the artifact spectrum
+    (1 = unchanged), the quantity the spectral loss holds; None without decomposed layers."""
+    ratios = [float((layer.s.double() ** 2).sum() / _tail_energy0(layer).double())
+              for layer in subspace_layers(model).values()]
+    return sum(ratios) / len(ratios) if ratios else None
 
 
 def orthonormality_loss(model: nn.Module) -> torch.Tensor:

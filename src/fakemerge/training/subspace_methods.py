@@ -2,13 +2,17 @@
 
 effort: K = 1, d = 1 on every attention projection; CE only by default (as Effort's released code), the
         paper's orthonormality / energy terms available with their own weights.
-fmsd:   forgery-aware layer masking (score candidates on probe batches after a head warm-up, keep the top
-        ρ or top-k) + K artifact subspaces of rank d in the selected layers + orthogonality and spectral
-        losses. Defaults (K=2, d=4, ρ=0.5, gsnr, λ_orth=λ_spec=0.1) are provisional, to be re-chosen on
-        validation. With rescore_every_epoch, every candidate carries subspaces and the selection is
-        re-made at the start of each epoch from the artifact parameters' own gradients (`_LayerMask`).
+fmsd:   forgery-aware layer masking (a head warm-up, then score candidates on other probe batches, keep the
+        top ρ or top-k) + K artifact subspaces of rank d in the selected layers + orthogonality and spectral
+        losses. Every layer selection (gsnr, gradnorm, random, all, explicit layers) starts training from
+        the same warmed-up head, so an ablation of the selection changes the selection only. Defaults
+        (K=2, d=4, ρ=0.5, gsnr, λ_orth=λ_spec=0.1) are compared with their alternatives on validation by
+        benchmarks/quality.py. With rescore_every_epoch, every candidate carries subspaces and the
+        selection is re-made at the start of each epoch from the artifact parameters' own gradients
+        (`_LayerMask`).
 Both densify in `finalize`, so a specialist is an ordinary checkpoint of the base architecture whose
-task vector is nonzero only in decomposed layers, with rank ≤ 2·K·d per matrix.
+task vector is nonzero only in decomposed layers, with rank ≤ 2·K·d per matrix. K = d = 1 on every
+attention layer with no warm-up and no losses is Effort exactly.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from fakemerge.config import first_error
 from fakemerge.errors import InputError
 from fakemerge.keys import PREFIX
 from fakemerge.models.detector import Detector
-from fakemerge.models.layer_mask import gradient_scores, select_layers
+from fakemerge.models.layer_mask import gradient_scores, plot_layer_scores, select_layers
 from fakemerge.models.subspace import (
     ATTENTION,
     MLP,
@@ -37,8 +41,9 @@ from fakemerge.models.subspace import (
     orthonormality_loss,
     spectral_loss,
     subspace_layers,
+    tail_energy_ratio,
 )
-from fakemerge.training.methods import Prepared, freeze_all_but, register_method
+from fakemerge.training.prepared import Prepared, freeze_all_but, register_method
 
 
 class EffortOptions(BaseModel):
@@ -54,8 +59,9 @@ class FmsdOptions(EffortOptions):
     layer_ratio: float = 0.5  # ρ, used when top_k is not given
     top_k: int | None = None
     score: Literal["gsnr", "gradnorm", "random", "all"] = "gsnr"  # "all" ignores layer_ratio / top_k
-    probe_batches: int = 8  # B
-    warmup_steps: int = 50  # head-only steps on the probe batches' cached features before scoring
+    probe_batches: int = 8  # B: the batches the layers are scored on
+    warmup_batches: int = 8  # the head warm-up's batches, drawn before (and disjoint from) the scored ones
+    warmup_steps: int = 50  # head-only steps on the warm-up batches' cached features (0: no warm-up)
     warmup_lr: float = 1e-3
     include_mlp: bool = False
     lambda_orth: float = 0.1
@@ -68,8 +74,10 @@ class FmsdOptions(EffortOptions):
     def _check(self):
         if self.rescore_every_epoch and (self.score not in ("gsnr", "gradnorm") or self.layers is not None):
             raise ValueError("rescore_every_epoch needs score gsnr or gradnorm and no explicit layers")
-        if self.subspaces < 1 or self.rank < 1 or self.probe_batches < 2 or self.warmup_steps < 0:
-            raise ValueError("subspaces and rank must be >= 1, probe_batches >= 2, warmup_steps >= 0")
+        if self.subspaces < 1 or self.rank < 1 or self.probe_batches < 2 or self.warmup_steps < 0 \
+                or self.warmup_batches < 1:
+            raise ValueError("subspaces and rank must be >= 1, probe_batches >= 2, warmup_batches >= 1, "
+                             "warmup_steps >= 0")
         if not 0 < self.layer_ratio <= 1:
             raise ValueError(f"layer_ratio must be in (0, 1], got {self.layer_ratio}")
         return self
@@ -95,18 +103,24 @@ def _pixels_labels(batch, device: torch.device) -> tuple[torch.Tensor, torch.Ten
     return pixels[good].to(device), labels[good].to(device)
 
 
-def _probe(detector: Detector, probe_loader: Iterable, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _probe(detector: Detector, probe_loader: Iterable, warm: int, scored: int) -> tuple[Batches, Batches]:
+    """`warm` head warm-up batches, then `scored` other batches for the layer scores (one pass, disjoint)."""
     device = next(detector.parameters()).device
-    batches = [_pixels_labels(b, device) for b in itertools.islice(probe_loader, n)]
+    batches = [_pixels_labels(b, device) for b in itertools.islice(probe_loader, warm + scored)]
     batches = [b for b in batches if len(b[1])]
-    if len(batches) < 2:
-        raise InputError(f"layer scoring: needs at least 2 non-empty probe batches, got {len(batches)}")
-    return batches
+    if len(batches) < warm + scored:
+        raise InputError(f"layer masking: needs {warm} warm-up + {scored} probe batches of training data, "
+                         f"the training split gives {len(batches)} (lower warmup_batches or probe_batches)")
+    return batches[:warm], batches[warm:]
 
 
-def _warm_up_head(detector: Detector, batches, steps: int, lr: float) -> None:
-    """Train the head alone on the probe batches' features (computed once), so the scored gradients carry
-    a forgery signal instead of a random head's. Training then starts from this warmed-up head."""
+def _warm_up_head(detector: Detector, batches: Batches, steps: int, lr: float) -> None:
+    """Train the head alone on the warm-up batches' features (computed once), so the scored gradients carry
+    a forgery signal instead of a random head's. Training then starts from this warmed-up head, whatever
+    the layer selection; the scored batches are other ones, so the scores do not reward the warm-up's fit."""
     if steps == 0:
         return
     with torch.no_grad():
@@ -129,28 +143,29 @@ def _ce(detector: Detector, batch) -> torch.Tensor:
 
 
 def _choose_layers(detector: Detector, opts: FmsdOptions, candidates: list[str],
-                   probe_loader: Iterable) -> tuple[list[str], dict[str, float], list]:
-    """Selected candidate names (relative to the backbone), every candidate's score, the probe batches."""
+                   probe_loader: Iterable) -> tuple[list[str], dict[str, float], Batches]:
+    """Warm up the head, then the selected candidate names (relative to the backbone), every candidate's
+    score, the scored batches."""
     by_canonical = {canonical_name(n): n for n in candidates}
     if opts.layers is not None:
         unknown = [n for n in opts.layers if n not in by_canonical]
         if unknown or not opts.layers:
             raise InputError(f"--method fmsd option layers: not candidate layers: {unknown[:3] or '[]'}")
-        return [n for n in candidates if canonical_name(n) in set(opts.layers)], {}, []
-    if opts.score == "all":  # every candidate, whatever the ratio (with attention only: Effort's layers)
-        return list(candidates), {}, []
-    batches = []
-    if opts.score == "random":
-        scores = gradient_scores(detector.backbone, candidates, _ce, [], opts.score, seed=opts.seed)
+    gradient = opts.layers is None and opts.score in ("gsnr", "gradnorm")
+    was_training = detector.training
+    detector.eval()  # deterministic warm-up and probe (no dropout); the trainer sets its own mode afterwards
+    warm, batches = _probe(detector, probe_loader, opts.warmup_batches if opts.warmup_steps else 0,
+                           opts.probe_batches if gradient else 0)
+    _warm_up_head(detector, warm, opts.warmup_steps, opts.warmup_lr)
+    if opts.layers is not None:
+        selected, scores = [n for n in candidates if canonical_name(n) in set(opts.layers)], {}
+    elif opts.score == "all":  # every candidate, whatever the ratio (with attention only: Effort's layers)
+        selected, scores = list(candidates), {}
     else:
-        was_training = detector.training
-        detector.eval()  # deterministic probe (no dropout); the trainer sets its own mode afterwards
-        batches = _probe(detector, probe_loader, opts.probe_batches)
-        _warm_up_head(detector, batches, opts.warmup_steps, opts.warmup_lr)
-        scores = gradient_scores(detector.backbone, candidates, lambda _, b: _ce(detector, b), batches,
-                                 opts.score)
-        detector.train(was_training)
-    selected = select_layers(scores, ratio=opts.layer_ratio, top_k=opts.top_k)
+        loss = _ce if opts.score == "random" else (lambda _, b: _ce(detector, b))
+        scores = gradient_scores(detector.backbone, candidates, loss, batches, opts.score, seed=opts.seed)
+        selected = select_layers(scores, ratio=opts.layer_ratio, top_k=opts.top_k)
+    detector.train(was_training)
     return selected, scores, batches
 
 
@@ -184,12 +199,16 @@ def _prepare(detector: Detector, layers: list[str], opts: EffortOptions, subspac
             **extra}
 
     def finalize(model: Detector) -> dict:
+        trained = decomposed if mask is None else mask.selected_modules
+        with torch.no_grad():  # what the losses hold, measured on the saved weights (unweighted)
+            spectrum = {"tail_energy_ratio": tail_energy_ratio(trained),
+                        **{f"loss_{k}": float(terms[k](trained)) for k in ("orth", "spec")}}
         if mask is not None:
             mask.restore_untouched(model)
         densify(model.backbone)
         for p in model.parameters():
             p.requires_grad_(False)
-        return meta
+        return {**meta, "spectrum": spectrum}
 
     trainable = sum(p.numel() for p in params)
     info = {"trainable_params": trainable, "backbone_params": backbone_size,
@@ -197,7 +216,13 @@ def _prepare(detector: Detector, layers: list[str], opts: EffortOptions, subspac
             "selected_layers": meta["selected_layers"]}
     hooks = {"on_epoch": mask.on_epoch, "before_step": mask.before_step} if mask is not None else {}
     return Prepared(params=params, aux_loss=aux_loss if active else None, finalize=finalize, info=info,
-                    **hooks)
+                    write_artifacts=_plot_scores, **hooks)
+
+
+def _plot_scores(out, extra: dict) -> None:
+    """FMSD's artefact: the layer scores of the saved weights, selected layers highlighted (OUT.layers.png)."""
+    if extra.get("layer_scores"):
+        plot_layer_scores(extra["layer_scores"], extra["selected_layers"], out.with_suffix(".layers.png"))
 
 
 class _LayerMask:

@@ -100,8 +100,7 @@ def train(config: TrainConfig, progress: Progress = silent) -> TrainResult:
     n_trainable = sum(p.numel() for p in prepared.params)
     n_total = sum(p.numel() for p in detector.parameters())
 
-    optimizer = torch.optim.AdamW(prepared.params, lr=config.lr or method.default_lr,
-                                  weight_decay=config.weight_decay)
+    optimizer = _optimizer(prepared.params, config, config.lr or method.default_lr)
     torch_optimizer = optimizer  # accelerate wraps it; methods' epoch hooks get the plain one
     model, optimizer, train_loader, val_loader = accelerator.prepare(detector, optimizer, train_loader,
                                                                      val_loader)
@@ -176,10 +175,8 @@ def train(config: TrainConfig, progress: Progress = silent) -> TrainResult:
                          families=list(config.families), base_id=source.id, base_hash=base_hash,
                          recipe=config.recipe(), extra=extra)
         save_detector(detector, out, meta)
-        if "layer_scores" in extra:
-            from fakemerge.models.layer_mask import plot_layer_scores
-
-            plot_layer_scores(extra["layer_scores"], extra["selected_layers"], out.with_suffix(".layers.png"))
+        if prepared.write_artifacts is not None:
+            prepared.write_artifacts(out, extra)
         if not config.keep_checkpoint:
             shutil.rmtree(ckpt, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -248,6 +245,12 @@ def _probe_batches(dataset: ImageDataset, seed: int, loader_args: dict):
         pixels, labels, _, _ = drop_skipped(batch)
         if len(labels):
             yield pixels, labels
+
+
+def _optimizer(params, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay) or Adam (weight decay as an L2 term in the gradient, Effort's recipe)."""
+    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=lr, weight_decay=config.weight_decay)
 
 
 def _scheduler(optimizer, schedule: str, total_steps: int):
