@@ -84,7 +84,7 @@ class Setup:
         if self.reference:
             prepared = methods.get("linear").fn(self.model, {}, [])
         else:
-            options = {"score": "random"} if name == "fmsd" else {}
+            options = {"score": "random", "warmup_steps": 0} if name == "fmsd" else {}  # step time only
             prepared = methods.get(name).fn(self.model, options, [])
         self.prepared = prepared
         self.aux = prepared.aux_loss
