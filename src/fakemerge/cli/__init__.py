@@ -24,9 +24,9 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 def _register() -> None:
-    from fakemerge.cli import demo, detect, evaluate, export, faces, importer, lab, merge, serve, train
+    from fakemerge.cli import calibrate, demo, detect, evaluate, export, faces, importer, lab, merge, serve, train
 
-    for module in (lab, faces, train, merge, importer, export, evaluate, detect, serve, demo):
+    for module in (lab, faces, train, merge, importer, export, calibrate, evaluate, detect, serve, demo):
         module.register(app)
 
 

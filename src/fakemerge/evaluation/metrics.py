@@ -16,7 +16,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 AGGREGATIONS = ("mean", "max", "topk")
 
 
-def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+def validate_binary(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels)
     s = np.asarray(scores, dtype=np.float64)
     if y.ndim != 1 or s.ndim != 1:
@@ -38,13 +38,13 @@ def _two_classes(y: np.ndarray) -> bool:
 
 def auc(labels, scores) -> float:
     """Area under the ROC curve; NaN when only one class is present."""
-    y, s = _check(labels, scores)
+    y, s = validate_binary(labels, scores)
     return float(roc_auc_score(y, s)) if _two_classes(y) else math.nan
 
 
 def average_precision(labels, scores) -> float:
     """Average precision with fake as the positive class; NaN when only one class is present."""
-    y, s = _check(labels, scores)
+    y, s = validate_binary(labels, scores)
     return float(average_precision_score(y, s)) if _two_classes(y) else math.nan
 
 
@@ -54,7 +54,7 @@ def eer(labels, scores) -> float:
     The crossing is linearly interpolated between the two ROC points that bracket it, so the value does
     not depend on which of two neighbouring thresholds happens to be closer.
     """
-    y, s = _check(labels, scores)
+    y, s = validate_binary(labels, scores)
     if not _two_classes(y):
         return math.nan
     fpr, tpr, _ = roc_curve(y, s)
@@ -68,13 +68,13 @@ def eer(labels, scores) -> float:
 
 def accuracy(labels, scores, threshold: float = 0.5) -> float:
     """Fraction correct when predicting fake for score >= threshold."""
-    y, s = _check(labels, scores)
+    y, s = validate_binary(labels, scores)
     return float(((s >= threshold).astype(np.int64) == y).mean())
 
 
 def binary_metrics(labels, scores, threshold: float = 0.5) -> dict:
     """All frame metrics of one evaluation: auc, ap, eer, acc, acc_real, acc_fake, n_real, n_fake."""
-    y, s = _check(labels, scores)
+    y, s = validate_binary(labels, scores)
     real, fake = y == 0, y == 1
     return {
         "auc": auc(y, s),
@@ -99,7 +99,7 @@ def video_scores(video_ids: Sequence[str], labels, scores, how: str = "mean",
         raise ValueError(f"unknown aggregation {how!r}; choose one of {', '.join(AGGREGATIONS)}")
     if how == "topk" and k < 1:
         raise ValueError(f"top-k aggregation needs k >= 1, got {k}")
-    y, s = _check(labels, scores)
+    y, s = validate_binary(labels, scores)
     ids = list(video_ids)
     if len(ids) != len(y):
         raise ValueError(f"video_ids and labels differ in length: {len(ids)} vs {len(y)}")

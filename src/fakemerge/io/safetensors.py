@@ -161,6 +161,21 @@ def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
         save_file(flat, str(tmp), metadata=meta)
 
 
+def rewrite_metadata(path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
+    """Replace a safetensors file's header metadata, atomically; every tensor's bytes stay as they were
+    (copied one tensor at a time, in file order). How a threshold is stored without touching the weights."""
+    path = Path(path)
+    src = _SafetensorsFile(path)
+    try:
+        order = sorted(src.entries, key=lambda k: src.entries[k]["data_offsets"][0])
+        layout = {k: (src.entries[k]["dtype"], src.entries[k]["shape"]) for k in order}
+        with atomic_path(path) as tmp, SafetensorsWriter(tmp, layout, metadata, reserve=0) as writer:
+            for k in order:
+                writer.write(k, src.read(k))
+    finally:
+        src._fh.close()
+
+
 class SafetensorsWriter:
     """Write a safetensors file tensor by tensor, in any order, holding one tensor at a time.
 

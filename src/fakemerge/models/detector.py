@@ -48,6 +48,7 @@ class ModelMeta:
     extra: dict = field(default_factory=dict)  # e.g. layer-mask scores, validation metrics
     preprocessing: dict = field(default_factory=dict)  # Preprocessing.to_dict(); {}: written before 0.2
     threshold: float | None = None  # the calibrated P(fake) threshold; None: uncalibrated (0.5 is used)
+    calibration: dict = field(default_factory=dict)  # how `threshold` was chosen (evaluation/calibration.py)
     version: str = fakemerge.__version__
 
     def to_header(self) -> dict[str, str]:
