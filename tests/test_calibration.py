@@ -113,7 +113,7 @@ def test_write_calibration_keeps_every_tensor_byte_identical(tiny_base, tmp_path
     path = _detector_file(tiny_base, tmp_path / "m.safetensors")
     before = tensors_sha256(LazyState(path))
     with safe_open(str(path), "pt") as f:
-        raw = {k: f.get_tensor(k) for k in f.keys()}
+        raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
     cal = choose_threshold([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4])
     record = write_calibration(path, cal, {"split": "val", "data": "d.json", "data_sha256": "abc"})
     meta = read_meta(path)
@@ -149,7 +149,8 @@ def test_calibrate_then_eval_and_detect_use_the_stored_threshold(tiny_base, tiny
 
     from fakemerge.inference import detect
 
-    frames = sorted(tiny_data.parent.glob("FS/test/*/*.png"))[:4] + sorted(tiny_data.parent.glob("real/test/*/*.png"))[:4]
+    root = tiny_data.parent
+    frames = sorted(root.glob("FS/test/*/*.png"))[:4] + sorted(root.glob("real/test/*/*.png"))[:4]
     results = list(detect(model, [str(p) for p in frames]))
     assert all(r.calibrated and r.threshold == meta.threshold for r in results)
     assert all(r.verdict == ("fake" if r.score >= meta.threshold else "real") for r in results)
