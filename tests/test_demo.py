@@ -6,12 +6,15 @@ import pytest
 
 from fakemerge import demo
 from fakemerge.cli import main
+from fakemerge.evaluation.calibration import DEFAULT_RULE
 from fakemerge.lab import generate as gen
 from fakemerge.lab import pretrain as pt
 from fakemerge.lab.families import FAMILIES, SEEN_FAMILIES
+from fakemerge.models.detector import read_meta
+from fakemerge.study.entries import load_entries
 
 ROW_KEYS = {"model", "kind", "method", "trained_on", "family", "seen", "auc", "ap", "eer", "acc", "acc_calibrated",
-            "video_auc"}
+            "threshold", "video_auc"}
 
 
 @pytest.fixture()
@@ -42,4 +45,14 @@ def test_demo_runs_every_stage_and_writes_results(tiny_demo, tmp_path, capsys):
     assert "AUC on the test split" in out and "detect " in out
     for name in ("auc_heatmap.png", "results.md", "timings.json", "models/merged-r2m.safetensors"):
         assert (tmp_path / "d" / name).is_file()
-    assert json.loads((tmp_path / "d" / "results_val.json").read_text()) == []  # no R²M options at this scale
+    assert json.loads((tmp_path / "d" / "tuning.json").read_text()) == {"full": {}}  # defaults at this scale
+    # Every merged model is calibrated on validation; its rows report ACC at 0.5 and at the threshold.
+    merged = [r for r in rows if r["kind"] == "merged"]
+    assert merged and all(r["threshold"] is not None and r["acc_calibrated"] is not None for r in merged)
+    assert all(r["threshold"] is None for r in rows if r["kind"] != "merged")
+    meta = read_meta(tmp_path / "d" / "models" / "merged-r2m.safetensors")
+    assert meta.calibration["split"] == "val" and meta.calibration["rule"] == DEFAULT_RULE
+    assert "threshold" in out and "calibrated" in out  # the detect step shows calibrated verdicts
+    entries = {e.name: e for e in load_entries(tmp_path / "d" / "models.json")}
+    assert set(entries) == set(models) and entries["r2m"].method == "r2m" and entries["FS"].group == "full"
+    assert entries["r2m(FS,FR,EFS)+FE"].role == "composable" and entries["r2m"].path.is_file()

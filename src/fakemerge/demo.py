@@ -1,7 +1,17 @@
-"""The embedded end-to-end run: ForgeryLab -> tiny base -> specialists -> merges -> evaluation -> detection.
+"""The embedded end-to-end run: ForgeryLab -> tiny base -> specialists -> merges -> calibration ->
+evaluation -> detection.
 
-Every number in `results.json` is produced by this one function from a fixed seed. Merge settings that
-the specs leave open are compared on the validation split; the test split is only ever reported.
+Every number in `results.json` is produced by this one function. What varies with `seed`: the specialists'
+and the joint model's training (head initialisation, shuffling) and the merges' own randomness (DARE's
+drops); the data and the base come from `data_seed` (default: `seed`), so several training seeds can share
+one dataset and one base. Merge settings are chosen on the validation split (`tune_budget` evaluations per
+method, the same for all, at full scale; the library defaults otherwise), every merged model is calibrated
+on validation, and the test split is only ever reported.
+
+Run folder: data/ (unless shared), models/ (+ OUT.train.json stamps: an unchanged model is reused, so an
+interrupted run resumes), eval/val/ (validation predictions, kept by weights hash), eval/test/<model>/,
+results.json (rows), models.json (what each row is: `ModelEntry`), tuning.json, calibration.json,
+timings.json, results.md, auc_heatmap.png.
 """
 
 from __future__ import annotations
@@ -13,28 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fakemerge.io import write_json, write_text
-from fakemerge.merging import METHODS, method_defaults
 from fakemerge.progress import Progress, silent, within
+from fakemerge.study.entries import ModelEntry, prefix, save_entries
 
 Log = Callable[[str], None]
-
-# Merges the demo builds from the seen-family specialists: (name, method, params), every registered method at
-# its defaults.
-MERGES: list[tuple[str, str, dict]] = [(name, name, {}) for name in METHODS]
-
-# The open choices of specs/r2m.md, then its grid for the rank ratio r and residual scale α (full scale
-# only; ranked on validation).
-R2M_OPTIONS: list[tuple[str, str, dict]] = [
-    ("r2m-center", "r2m", {"center": True}),
-    ("r2m-eta_relative", "r2m", {"eta": "relative"}),
-    ("r2m-residual_orthogonal", "r2m", {"residual": "orthogonal"}),
-    ("r2m-block_norm_balanced", "r2m", {"block_norm": "balanced"}),
-]
-
-R2M_OPTIONS += [
-    (f"r2m-r{r}-a{a}", "r2m", {"rank_ratio": r, "alpha": a}) for r in (0.05, 0.1, 0.2) for a in (0.4, 0.6, 0.8)
-    if (r, a) != (method_defaults("r2m")["rank_ratio"], method_defaults("r2m")["alpha"])  # that one is `r2m`
-]
 
 
 @dataclass
@@ -48,32 +40,29 @@ class DemoScale:
     # 0.62 / 0.62 / 0.64 and fmsd 0.59 / 0.63 / 0.82 at 2e-4 / 2e-3 / 1e-2); the paper's 2e-4 suits ViT-L.
     subspace_lr: float = 1e-2
     specialist_methods: tuple[str, ...] = ("full",)  # one specialist per seen family for each
-    r2m_options: bool = False  # also merge the R2M_OPTIONS variants (full fine-tuned specialists)
-    fmsd_ablation: bool = False  # FMSD parts on/off, trained on FS_ABLATION's family
+    tune_budget: int = 0  # validation evaluations per merge method (0: every method at its defaults)
+    ablation: bool = False  # the FMSD and optimizer ablations of study/ablation.py
 
 
-# FMSD ablation (issue: masking on/off, K, losses on/off), each trained on one family.
-FMSD_ABLATION: list[tuple[str, dict]] = [
-    ("fmsd-no_mask", {"score": "all"}),
-    ("fmsd-K1", {"subspaces": 1}),
-    ("fmsd-no_losses", {"lambda_orth": 0.0, "lambda_spec": 0.0}),
-]
-# Merges of Effort/FMSD specialists: the main baselines and R²M (the full list is run on full fine-tuning).
-SUBSPACE_MERGES = {"average", "task_arithmetic", "ties", "tsv", "cart", "r2m"}
-ABLATION_FAMILY = "FS"
+def _full_budget() -> int:
+    from fakemerge.evaluation.merge_spaces import BUDGET
+
+    return BUDGET
+
 
 SCALES = {
     # Small: batch 32 for 3 epochs, chosen on validation (FE/FR val AUC 0.935/0.926; batch 64 for 4 epochs
     # 0.902/0.918 in 20 % more time; batch 64 for 3 epochs missed the premise; batch 16 learns slower).
     "small": DemoScale(epochs=3, batch_size=32),
     "full": DemoScale(epochs=3, batch_size=64, specialist_methods=("full", "effort", "fmsd"),
-                      r2m_options=True, fmsd_ablation=True),
+                      tune_budget=_full_budget(), ablation=True),
 }
 
 
 @dataclass
 class DemoResult:
     rows: list[dict]
+    entries: list[ModelEntry]
     timings: dict[str, float]
     paths: dict[str, str]
     detections: list[dict]
@@ -92,137 +81,154 @@ class _Timer:
         self.log(f"  {name}: {self.timings[name]:.1f} s")
 
 
-def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, cache: str | Path | None = None,
-             log: Log = lambda s: None, progress: Progress = silent) -> DemoResult:
+def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, data_seed: int | None = None,
+             data: str | Path | None = None, cache: str | Path | None = None, log: Log = lambda s: None,
+             progress: Progress = silent) -> DemoResult:
     """The whole flow at `scale`; `log` gets one plain line per stage, `progress` every step's progress
-    (stages named `<step>: <stage>`)."""
+    (stages named `<step>: <stage>`). `data` / `cache`: where the dataset / the base live (default under
+    OUT; share them between seeds)."""
     from fakemerge.evaluation.plots import auc_heatmap
     from fakemerge.evaluation.report import results_markdown
     from fakemerge.lab.families import SEEN_FAMILIES
     from fakemerge.lab.generate import generate
     from fakemerge.lab.pretrain import pretrain
+    from fakemerge.study.tuning import ValLedger, build_merges, calibrate_merged
 
     out = Path(out)
     cfg = SCALES[scale]
+    data_seed = seed if data_seed is None else data_seed
     timer = _Timer(log)
     cache = Path(cache) if cache else out / "cache"
     t_start = time.perf_counter()
 
     with timer.stage("generate ForgeryLab"):
-        data = generate(out / "data", size=64, seed=seed, scale=scale, progress=progress)
+        dataset = generate(Path(data) if data else out / "data", size=64, seed=data_seed, scale=scale,
+                           progress=progress)
     with timer.stage("pretrain tiny base (cached)"):
-        base_report = pretrain(cache / f"base-{scale}-s{seed}", seed=seed, scale=scale,
-                               progress=progress)
-        base = str(cache / f"base-{scale}-s{seed}")
+        base_dir = cache / f"base-{scale}-s{data_seed}"
+        base_report = pretrain(base_dir, seed=data_seed, scale=scale, progress=progress)
+        base = str(base_dir)
 
-    models: list[tuple[str, Path, str, str | None, list[str]]] = []  # name, path, kind, method, trained_on
-    with timer.stage("train specialists + joint"):
+    models = out / "models"
+    entries: list[ModelEntry] = []
+    with timer.stage("train specialists + joint (reused when unchanged)"):
         for method in cfg.specialist_methods:
-            prefix = "" if method == "full" else f"{method}-"
             for family in SEEN_FAMILIES:
-                path = out / "models" / f"{prefix}{family}.safetensors"
-                _train(base, data, [family], path, cfg, seed, within(progress, f"{prefix}{family}"), method)
-                models.append((f"{prefix}{family}", path, "specialist", method, [family]))
-        path = out / "models" / "joint.safetensors"
-        _train(base, data, list(SEEN_FAMILIES), path, cfg, seed, within(progress, "joint"), "full")
-        models.append(("joint", path, "joint", "full", list(SEEN_FAMILIES)))
-    if cfg.fmsd_ablation:
-        with timer.stage("FMSD ablation"):
-            for name, options in FMSD_ABLATION:
-                path = out / "models" / f"{name}-{ABLATION_FAMILY}.safetensors"
-                _train(base, data, [ABLATION_FAMILY], path, cfg, seed, within(progress, name), "fmsd", options)
-                models.append((f"{name}-{ABLATION_FAMILY}", path, "specialist", "fmsd", [ABLATION_FAMILY]))
+                name = f"{prefix(method)}{family}"
+                path = models / f"{name}.safetensors"
+                _train(base, dataset, [family], path, cfg, seed, within(progress, name), method)
+                entries.append(ModelEntry(name, path, "specialist", method, (family,), method))
+        path = models / "joint.safetensors"
+        _train(base, dataset, list(SEEN_FAMILIES), path, cfg, seed, within(progress, "joint"), "full")
+        entries.append(ModelEntry("joint", path, "joint", "full", tuple(SEEN_FAMILIES), "full"))
+    if cfg.ablation:
+        with timer.stage("FMSD and optimizer ablations"):
+            entries += _ablations(base, dataset, models, cfg, seed, progress)
 
+    ledger = ValLedger(out / "eval" / "val", dataset, list(SEEN_FAMILIES))
+    tuning: dict[str, dict] = {}
     for method in cfg.specialist_methods:
-        prefix = "" if method == "full" else f"{method}-"
-        specialists = [out / "models" / f"{prefix}{f}.safetensors" for f in SEEN_FAMILIES]
-        merged = _merge_all(base, specialists, out / "models", prefix, cfg, timer, progress)
-        models += [(name, path, "merged", m, list(SEEN_FAMILIES)) for name, path, m in merged]
+        specialists = [e.path for e in entries if e.kind == "specialist" and e.group == method
+                       and e.role == "main"]
+        what = "tuned on validation" if cfg.tune_budget else "at their defaults"
+        with timer.stage(f"merge {prefix(method) or 'full-'}specialists ({what}) + composable re-merge"):
+            merged, tuning[method] = build_merges(base, specialists, method, models, ledger,
+                                                  budget=cfg.tune_budget, seed=seed, progress=progress, log=log)
+            entries += merged
+    with timer.stage("calibrate every merged model on validation"):
+        calibration = calibrate_merged(entries, ledger, within(progress, "calibrate"))
 
-    rows, val_rows = [], []
-    with timer.stage("evaluate every model on every family"):
-        # One pass over each split for all models (tiny models: all fit in memory at once).
-        rows = _evaluate(models, data, "test", out, within(progress, f"test images x {len(models)} models"))
-        if cfg.r2m_options:  # R²M's open options are ranked on validation (never on test)
-            ranked = [m for m in models if m[2] == "merged" and m[0].startswith("r2m") and "(" not in m[0]]
-            val_rows = _evaluate(ranked, data, "val", out, within(progress, f"val images x {len(ranked)} models"))
-
-    with timer.stage("detect (merged r2m on test frames)"):
-        detections = _detect_examples(out, data)
+    with timer.stage("evaluate every model on every family (test)"):
+        rows = _evaluate(entries, dataset, "test", out, within(progress, f"test images x {len(entries)} models"))
+    with timer.stage("detect (merged r2m, calibrated, on test frames)"):
+        detections = _detect_examples(entries, dataset)
 
     timer.timings["total"] = round(time.perf_counter() - t_start, 2)
     write_json(out / "results.json", rows)
-    write_json(out / "results_val.json", val_rows)
-    write_json(out / "timings.json", {"scale": scale, "seed": seed, "base": base_report, **timer.timings})
-    auc_heatmap(rows, out / "auc_heatmap.png")
-    write_text(out / "results.md", results_markdown(rows))
-    return DemoResult(rows=rows, timings=timer.timings, detections=detections,
+    save_entries(out / "models.json", entries, out)
+    write_json(out / "tuning.json", tuning)
+    write_json(out / "calibration.json", calibration)
+    write_json(out / "detections.json", detections)
+    write_json(out / "timings.json", {"scale": scale, "seed": seed, "data_seed": data_seed, "base": base_report,
+                                      **timer.timings})
+    main_rows = [r for r in rows if _role(entries, r["model"]) in ("main", "composable")]
+    auc_heatmap(main_rows, out / "auc_heatmap.png")
+    write_text(out / "results.md", results_markdown(main_rows))
+    return DemoResult(rows=rows, entries=entries, timings=timer.timings, detections=detections,
                       paths={"results": str(out / "results.json"), "heatmap": str(out / "auc_heatmap.png"),
                              "table": str(out / "results.md")})
 
 
-def _evaluate(models: list[tuple[str, Path, str, str | None, list[str]]], data: Path, split: str, out: Path,
-              progress: Progress) -> list[dict]:
-    from fakemerge.config import EvalOptions
+def _role(entries: list[ModelEntry], name: str) -> str:
+    return next(e.role for e in entries if e.name == name)
+
+
+def _train(base: str, data: Path, families: list[str], out: Path, cfg: DemoScale, seed: int, progress: Progress,
+           method: str = "full", options: dict | None = None, settings: dict | None = None) -> None:
+    from fakemerge.config import TrainConfig
+    from fakemerge.study.cache import train_cached
+
+    lr = cfg.lr if method == "full" else cfg.subspace_lr
+    config = TrainConfig(**{"base": base, "data": str(data), "families": families, "method": method,
+                            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": lr, "seed": seed,
+                            "out": str(out), "method_options": options or {}, **(settings or {})})
+    train_cached(config, progress=progress)
+
+
+def _ablations(base: str, data: Path, models: Path, cfg: DemoScale, seed: int,
+               progress: Progress) -> list[ModelEntry]:
+    from fakemerge.study.ablation import ABLATION_FAMILY, variants
+
+    entries = []
+    for v in variants(seed):
+        name = f"{v.name}-{ABLATION_FAMILY}"
+        path = models / f"{name}.safetensors"
+        _train(base, data, [ABLATION_FAMILY], path, cfg, seed, within(progress, name), v.method, v.options,
+               v.settings)
+        entries.append(ModelEntry(name, path, "specialist", v.method, (ABLATION_FAMILY,), v.method, "ablation",
+                                  {**v.options, **v.settings}))
+    return entries
+
+
+def _evaluate(entries: list[ModelEntry], data: Path, split: str, out: Path, progress: Progress) -> list[dict]:
+    """Rows for every entry, in order; ROC plots only for the rows the demo shows (main, composable)."""
     from fakemerge.evaluation.runner import evaluate_many, family_rows
     from fakemerge.lab.families import SEEN_FAMILIES
 
-    options = EvalOptions(split=split, models_per_pass=len(models), roc=split == "test")
-    reports = evaluate_many([m[1] for m in models], data, [out / "eval" / split / m[0] for m in models],
-                            names=[m[0] for m in models], options=options, progress=progress)
+    reports = {}
+    for roc in (True, False):
+        part = [e for e in entries if (e.role in ("main", "composable")) == roc]
+        if part:
+            done = evaluate_many([e.path for e in part], data, split=split, names=[e.name for e in part],
+                                 out_dirs=[out / "eval" / split / e.name for e in part], models_per_pass=len(part),
+                                 roc=roc, progress=progress)
+            reports.update({e.name: r for e, r in zip(part, done, strict=True)})
     rows = []
-    for (name, _, kind, method, trained_on), report in zip(models, reports, strict=True):
-        rows += family_rows(report, name, kind, method, trained_on, SEEN_FAMILIES)
+    for e in entries:
+        rows += family_rows(reports[e.name], e.name, e.kind, e.method, list(e.trained_on), SEEN_FAMILIES)
     return rows
 
 
-def _train(base: str, data: Path, families: list[str], out: Path, cfg: DemoScale, seed: int,
-           progress, method: str = "full", options: dict | None = None) -> None:
-    from fakemerge.config import TrainConfig
-    from fakemerge.training.trainer import train
-
-    config = TrainConfig(base=base, data=str(data), families=families, method=method, epochs=cfg.epochs,
-                         batch_size=cfg.batch_size, lr=cfg.lr if method == "full" else cfg.subspace_lr, seed=seed,
-                         out=str(out), method_options=options or {})
-    train(config, progress=progress)
-
-
-def _merge_all(base: str, specialists: list[Path], out_dir: Path, prefix: str, cfg: DemoScale, timer: _Timer,
-               progress: Progress) -> list[tuple[str, Path, str]]:
-    """Every merge of the seen-family specialists, then the composability experiment (3 families + FE)."""
-    from fakemerge.merging.engine import add_specialists, merge_files
-    from fakemerge.merging.recipe import Recipe
-
-    done = []
-    options = R2M_OPTIONS if cfg.r2m_options and not prefix else []
-    plan = MERGES if not prefix else [m for m in MERGES if m[0] in SUBSPACE_MERGES]
-    with timer.stage(f"merge {prefix or 'full-'}specialists"):
-        for name, method, params in plan + options:
-            path = out_dir / f"merged-{prefix}{name}.safetensors"
-            merge_files(Recipe(method, base, list(map(str, specialists)), params), path,
-                        progress=within(progress, f"merge {name}"))
-            done.append((prefix + name, path, method))
-    with timer.stage(f"composable re-merge of {prefix or 'full-'}specialists (FS,FR,EFS then --add FE)"):
-        three = [p for p in specialists if not p.stem.endswith("FE")]
-        first = out_dir / f"merged-{prefix}r2m-3fam.safetensors"
-        merge_files(Recipe("r2m", base, list(map(str, three))), first)
-        added = out_dir / f"merged-{prefix}r2m-3fam+FE.safetensors"
-        add_specialists(first, [p for p in specialists if p.stem.endswith("FE")], added)
-        done += [(f"{prefix}r2m(FS,FR,EFS)", first, "r2m"), (f"{prefix}r2m(FS,FR,EFS)+FE", added, "r2m")]
-    return done
-
-
-def _detect_examples(out: Path, data: Path) -> list[dict]:
+def _detect_examples(entries: list[ModelEntry], data: Path) -> list[dict]:
+    """One test frame per family through `detect` with the main full-fine-tuned R²M merge; each result also
+    says what the uncalibrated 0.5 rule would have answered."""
     from fakemerge.data.formats import load_records
-    from fakemerge.inference import detect
+    from fakemerge.inference import THRESHOLD, detect
 
     root, records = load_records(data)
     picks = {}
     for r in records:
         if r.split == "test" and r.family not in picks:
-            picks[r.family] = root / r.path
-    model = out / "models" / "merged-r2m.safetensors"
-    return [res.to_dict() for res in detect(model, [str(p) for p in picks.values()])]
+            picks[r.family] = (root / r.path, r.label)
+    model = next(e.path for e in entries if e.method == "r2m" and e.group == "full" and e.role == "main")
+    results = detect(model, [str(p) for p, _ in picks.values()])
+    out = []
+    for (family, (_, label)), res in zip(picks.items(), results, strict=True):
+        d = res.to_dict()
+        d.update(family=family, truth="fake" if label else "real",
+                 verdict_at_0_5=None if res.score is None else ("fake" if res.score >= THRESHOLD else "real"))
+        out.append(d)
+    return out
 
 
 def pivot_auc(rows: list[dict]) -> tuple[list[str], dict[str, bool], dict[str, dict]]:

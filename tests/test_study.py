@@ -1,0 +1,108 @@
+"""The study behind docs/results.md at a tiny scale: merges tuned on validation with one budget, resumed
+runs that neither retrain nor re-evaluate, the ablation entries, and the document built from the run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from fakemerge import demo
+from fakemerge.evaluation import merge_spaces
+from fakemerge.evaluation.search import Axis, Space
+from fakemerge.lab import generate as gen
+from fakemerge.lab import pretrain as pt
+from fakemerge.study import ablation, tuning
+from fakemerge.study.entries import load_entries
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_SPACES = {
+    "average": Space(source="none"),
+    "task_arithmetic": Space((Axis("scaling", (0.2, 0.4), lo=0.0, lo_open=True),), source="test grid"),
+    "r2m": Space((Axis("alpha", (0.6, 0.8), lo=0.0), Axis("eta", ("script", "relative"), options=True)),
+                 source="test grid"),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setitem(gen.SCALES, "tiny", gen.Scale((4, 2, 3), real_videos=1, fake_videos=1, frames=2))
+    mp.setitem(pt.SETTINGS, "tiny", {"identities": 4, "per_identity": 4, "epochs": 1, "lr": 1e-3, "batch": 8})
+    real_images = pt.real_images
+    mp.setattr(pt, "real_images", lambda n, per, seed, size: real_images(min(n, 4), min(per, 4), seed, size))
+    mp.setitem(demo.SCALES, "tiny", demo.DemoScale(epochs=1, batch_size=8, tune_budget=3, ablation=True))
+    mp.setattr(merge_spaces, "MERGE_SPACES", SMALL_SPACES)
+    mp.setattr(tuning, "MERGE_SPACES", SMALL_SPACES)
+    mp.setattr(tuning, "method_names", lambda: list(SMALL_SPACES))
+    mp.setattr(ablation, "variants", lambda seed: [VARIANT])
+    from fakemerge.evaluation import runner
+
+    mp.setattr(runner, "roc_plot", lambda *a, **k: None)  # ROC figures are tested elsewhere; here they cost time
+    out = tmp_path_factory.mktemp("study")
+    result = demo.run_demo(out / "seed0", scale="tiny", seed=0, data=out / "data", cache=out / "cache")
+    yield out, result, mp
+    mp.undo()
+
+
+VARIANT = ablation.Variant("adam_l2", "full", settings={"optimizer": "adam", "weight_decay": 5e-4,
+                                                        "schedule": "constant", "lr": 2e-4}, question="optimizer")
+
+
+def test_every_method_is_tuned_with_the_same_budget_and_reported(tiny_study):
+    out, result, _ = tiny_study
+    run = out / "seed0"
+    log = json.loads((run / "tuning.json").read_text())
+    assert set(log) == {"full"} and set(log["full"]) == set(SMALL_SPACES)
+    assert log["full"]["average"]["used"] == 1  # no parameter: one evaluation
+    for method in ("task_arithmetic", "r2m"):
+        entry = log["full"][method]
+        assert entry["budget"] == 3 and entry["used"] == 3
+        scores = [t["score"] for t in entry["trials"]]
+        best = entry["trials"][scores.index(max(scores))]["setting"]
+        assert entry["best"] == best
+    entries = {e.name: e for e in result.entries}
+    ta = entries["task_arithmetic"]
+    assert ta.role == "main" and ta.params["scaling"] == log["full"]["task_arithmetic"]["best"]["scaling"]
+    assert ta.selection["budget"] == 3 and ta.selection["source"] == "test grid"
+    assert entries["task_arithmetic-default"].role == "default"
+    assert entries["task_arithmetic-default"].params["scaling"] == 0.3  # the library default
+    # the composable experiment uses R²M's selected setting
+    assert entries["r2m(FS,FR,EFS)+FE"].params == entries["r2m"].params
+    assert entries["adam_l2-FS"].role == "ablation" and ablation.reference(VARIANT) == "FS"
+    from fakemerge.models.detector import read_meta
+
+    recipe = read_meta(entries["adam_l2-FS"].path).recipe
+    assert (recipe["optimizer"], recipe["weight_decay"], recipe["schedule"], recipe["lr"]) == ("adam", 5e-4,
+                                                                                               "constant", 2e-4)
+    assert [e.name for e in load_entries(run / "models.json")] == [e.name for e in result.entries]
+
+
+def test_a_resumed_run_neither_retrains_nor_reevaluates_validation(tiny_study, monkeypatch):
+    out, first, _ = tiny_study
+    from fakemerge.evaluation import runner
+    from fakemerge.training import trainer
+
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("an unchanged model was retrained"))
+    splits = []
+    real = runner.evaluate_many
+    monkeypatch.setattr(runner, "evaluate_many", lambda *a, **k: splits.append(k.get("split")) or real(*a, **k))
+    again = demo.run_demo(out / "seed0", scale="tiny", seed=0, data=out / "data", cache=out / "cache")
+    assert set(splits) == {"test"}  # every validation score came from the ledger
+    assert again.rows == first.rows
+
+
+def test_results_document_is_built_from_the_run(tiny_study):
+    out, _, _ = tiny_study
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    text = quality.build_doc(out, out / "docs" / "results.md", "tiny", [0])
+    for heading in ("## The paper's claims, tested", "### Settings chosen on validation (full fine-tuned)",
+                    "## Calibrated verdicts", "## Ablations", "## Composability"):
+        assert heading in text
+    assert "one seed gives no interval" in text and "not resolved** (one seed" in text
+    assert "Claim 3" in text and "bit-identical weights" in text and "| adam_l2-FS | optimizer |" in text
+    assert (out / "docs" / "results_auc_heatmap.png").is_file()
