@@ -166,16 +166,19 @@ def _midpoint(axis: Axis, a: float, b: float) -> float | None:
     return _round(mid)
 
 
+def _numeric_lines(state: _State, best: Setting):
+    """(axis, explored values → best score, those values ascending) for each numeric axis through `best`."""
+    for axis in state.space.axes:
+        if not axis.options:
+            line = state.line(best, axis)
+            yield axis, line, sorted(line)
+
+
 def _edge_candidates(state: _State, best: Setting) -> list[Setting]:
     out = []
-    for axis in state.space.axes:
-        if axis.options:
-            continue
-        line = state.line(best, axis)
-        values = sorted(line)
-        v = best[axis.name]
+    for axis, _, values in _numeric_lines(state, best):
         for up in (True, False):
-            if v == (values[-1] if up else values[0]):
+            if best[axis.name] == (values[-1] if up else values[0]):
                 new = _outward(axis, values, up)
                 if new is not None:
                     out.append({**best, axis.name: new})
@@ -189,15 +192,12 @@ def _option_candidates(state: _State, best: Setting) -> list[Setting]:
 
 def _refine_candidates(state: _State, best: Setting) -> list[Setting]:
     out = []
-    for axis in state.space.axes:
-        if axis.options:
-            continue
-        line = state.line(best, axis)
-        values = sorted(line)
-        i = values.index(best[axis.name])
+    for axis, line, values in _numeric_lines(state, best):
+        v = best[axis.name]
+        i = values.index(v)
         neighbours = [values[j] for j in (i - 1, i + 1) if 0 <= j < len(values)]
         for n in sorted(neighbours, key=lambda n: -line[n]):
-            mid = _midpoint(axis, min(n, best[axis.name]), max(n, best[axis.name]))
+            mid = _midpoint(axis, min(n, v), max(n, v))
             if mid is not None:
                 out.append({**best, axis.name: mid})
     return out
