@@ -49,16 +49,17 @@ def merges(runs: Sequence[Run], group: str) -> list[str]:
         used = "/".join(str(s.get("used", "?")) for s in sel)
         chosen = "; ".join(fmt_setting(r.entries[n].params, method_defaults(method)) for r in runs)
         val = summarize([s.get("val_score") for s in sel if s.get("val_score") is not None])
-        diff = paired([r.mean(n) for r in runs], [r.mean(defaults[n]) for r in runs])
+        ref = defaults.get(n, n)  # a parameter-free method is its own default
+        diff = paired([r.mean(n) for r in runs], [r.mean(ref) for r in runs])
         edges = sorted({e for s in sel for e in s.get("open_edges", [])})
         out.append(f"| {n} | {used} ({sel[0].get('budget', '?')}) | {chosen} | {cell(val)} | "
                    f"{cell(across(runs, lambda r, n=n: r.mean(n)))} | "
-                   f"{cell(across(runs, lambda r, n=n: r.mean(defaults[n])))} | {interval(diff)} | "
-                   f"{', '.join(edges) or 'none'} |")
+                   f"{cell(across(runs, lambda r, ref=ref: r.mean(ref)))} | "
+                   f"{interval(diff) if ref != n else '— (no parameters)'} | {', '.join(edges) or 'none'} |")
     open_methods = [n for n, _ in order if any(e for r in runs for e in (r.entries[n].selection or {})
                                                .get("open_edges", []))]
-    gains = [n for n, _ in order if direction(paired([r.mean(n) for r in runs],
-                                                      [r.mean(defaults[n]) for r in runs])) == "above"]
+    gains = [n for n, _ in order if n in defaults and direction(
+        paired([r.mean(n) for r in runs], [r.mean(defaults[n]) for r in runs])) == "above"]
     spaces = "; ".join(f"{runs[0].entries[n].method}: {runs[0].entries[n].selection['source']}" for n, _ in order
                        if runs[0].entries[n].selection)
     out += ["", f"Search spaces: {spaces}.", "",
@@ -151,9 +152,9 @@ def ablation(runs: Sequence[Run]) -> list[str]:
                    f"{cell(across(runs, lambda r, n=n: r.value(n, ABLATION_FAMILY)))} | "
                    f"{interval(d_test) if n != ref else '—'} | {cell(across(runs, lambda r, n=n: r.mean(n, False)))} | "
                    f"{cell(across(runs, lambda r, n=n: spectrum(r, n)))} |")
-    spec = {k: across(runs, lambda r, k=k: spectrum(r, k)) for k in
-            (f"fmsd-spec0-{ABLATION_FAMILY}", f"fmsd-{ABLATION_FAMILY}", f"fmsd-spec1-{ABLATION_FAMILY}") if k in
-            runs[0].entries}
+    labels = {f"fmsd-spec0-{ABLATION_FAMILY}": "λ_spec 0", f"fmsd-{ABLATION_FAMILY}": "λ_spec 0.1 (default)",
+              f"fmsd-spec1-{ABLATION_FAMILY}": "λ_spec 1"}
+    spec = {labels[k]: across(runs, lambda r, k=k: spectrum(r, k)) for k in labels if k in runs[0].entries}
     out += ["", ("Variants above their default on validation (interval above 0): " + (", ".join(better) or "none")
                  + "; below it: " + (", ".join(worse) or "none") + "."
                  if len(runs) > 1 else "One seed: no interval separates a variant from its default on validation.")]
@@ -162,8 +163,7 @@ def ablation(runs: Sequence[Run]) -> list[str]:
         trend = ("moves towards 1 as λ_spec grows" if abs(vals[2] - 1) < abs(vals[0] - 1) else
                  "does not move towards 1 as λ_spec grows")
         out += ["", "λ_spec's effect on what it regularises: the tail energy ratio is "
-                + ", ".join(f"{k.split('-')[1] if k.count('-') > 1 else 'λ_spec 0.1'} {mean_std(s)}"
-                            for k, s in spec.items()) + f"; it {trend}."]
+                + ", ".join(f"{k} {mean_std(s)}" for k, s in spec.items()) + f"; it {trend}."]
     return [*out, ""]
 
 

@@ -135,7 +135,7 @@ def build_merges(base: str, specialists: list[Path], group: str, models: Path, l
         full = merge_to(path, method, base, specialists, {**params, **extra}, within(progress, f"merge {method}"))
         entries.append(ModelEntry(f"{p}{method}", path, "merged", method, families, group, "main", full,
                                   selection))
-        if budget:
+        if budget and MERGE_SPACES[method].axes:  # a parameter-free method's default is its main entry
             path = models / f"merged-{p}{method}-default.safetensors"
             full = merge_to(path, method, base, specialists, extra)
             entries.append(ModelEntry(f"{p}{method}-default", path, "merged", method, families, group,
