@@ -154,8 +154,12 @@ def test_calibrate_then_eval_and_detect_use_the_stored_threshold(tiny_base, tiny
     results = list(detect(model, [str(p) for p in frames]))
     assert all(r.calibrated and r.threshold == meta.threshold for r in results)
     assert all(r.verdict == ("fake" if r.score >= meta.threshold else "real") for r in results)
-    main(["detect", str(model), *map(str, frames[:1])])
-    assert "calibrated" in capsys.readouterr().out
+    capsys.readouterr()
+    main(["detect", str(model), *map(str, frames[:1]), "--format", "json"])
+    captured = capsys.readouterr()
+    shown = json.loads(captured.out.splitlines()[0])
+    assert shown["calibrated"] is True and shown["threshold"] == meta.threshold
+    assert "uncalibrated" not in captured.err
 
 
 def test_uncalibrated_models_say_so(tiny_base, tiny_data, tmp_path, capsys):
@@ -166,4 +170,4 @@ def test_uncalibrated_models_say_so(tiny_base, tiny_data, tmp_path, capsys):
     (r,) = detect(model, [str(frame)])
     assert (r.threshold, r.calibrated) == (0.5, False)
     main(["detect", str(model), str(frame)])
-    assert "uncalibrated" in capsys.readouterr().out
+    assert "uncalibrated model" in capsys.readouterr().err

@@ -213,7 +213,7 @@ def _detect_examples(entries: list[ModelEntry], data: Path) -> list[dict]:
     """One test frame per family through `detect` with the main full-fine-tuned R²M merge; each result also
     says what the uncalibrated 0.5 rule would have answered."""
     from fakemerge.data.formats import load_records
-    from fakemerge.inference import THRESHOLD, detect
+    from fakemerge.inference import UNCALIBRATED_THRESHOLD, detect
 
     root, records = load_records(data)
     picks = {}
@@ -225,8 +225,8 @@ def _detect_examples(entries: list[ModelEntry], data: Path) -> list[dict]:
     out = []
     for (family, (_, label)), res in zip(picks.items(), results, strict=True):
         d = res.to_dict()
-        d.update(family=family, truth="fake" if label else "real",
-                 verdict_at_0_5=None if res.score is None else ("fake" if res.score >= THRESHOLD else "real"))
+        at_half = None if res.score is None else ("fake" if res.score >= UNCALIBRATED_THRESHOLD else "real")
+        d.update(family=family, truth="fake" if label else "real", verdict_at_0_5=at_half)
         out.append(d)
     return out
 
