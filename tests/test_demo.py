@@ -14,7 +14,7 @@ from fakemerge.models.detector import read_meta
 from fakemerge.study.entries import load_entries
 
 ROW_KEYS = {"model", "kind", "method", "trained_on", "family", "seen", "auc", "ap", "eer", "acc", "acc_calibrated",
-            "threshold", "video_auc"}
+            "video_auc"}
 
 
 @pytest.fixture()
@@ -48,8 +48,8 @@ def test_demo_runs_every_stage_and_writes_results(tiny_demo, tmp_path, capsys):
     assert json.loads((tmp_path / "d" / "tuning.json").read_text()) == {"full": {}}  # defaults at this scale
     # Every merged model is calibrated on validation; its rows report ACC at 0.5 and at the threshold.
     merged = [r for r in rows if r["kind"] == "merged"]
-    assert merged and all(r["threshold"] is not None and r["acc_calibrated"] is not None for r in merged)
-    assert all(r["threshold"] is None for r in rows if r["kind"] != "merged")
+    assert merged and all(r["acc_calibrated"] is not None for r in merged)
+    assert all(r["acc_calibrated"] is None for r in rows if r["kind"] != "merged")
     meta = read_meta(tmp_path / "d" / "models" / "merged-r2m.safetensors")
     assert meta.calibration["split"] == "val" and meta.calibration["rule"] == DEFAULT_RULE
     assert "threshold" in out and "calibrated" in out  # the detect step shows calibrated verdicts

@@ -192,16 +192,16 @@ def _ablations(base: str, data: Path, models: Path, cfg: DemoScale, seed: int,
 
 def _evaluate(entries: list[ModelEntry], data: Path, split: str, out: Path, progress: Progress) -> list[dict]:
     """Rows for every entry, in order; ROC plots only for the rows the demo shows (main, composable)."""
-    from fakemerge.evaluation.runner import evaluate_many, family_rows
+    from fakemerge.evaluation.runner import family_rows
     from fakemerge.lab.families import SEEN_FAMILIES
+    from fakemerge.study.tuning import evaluate_split
 
     reports = {}
     for roc in (True, False):
         part = [e for e in entries if (e.role in ("main", "composable")) == roc]
         if part:
-            done = evaluate_many([e.path for e in part], data, split=split, names=[e.name for e in part],
-                                 out_dirs=[out / "eval" / split / e.name for e in part], models_per_pass=len(part),
-                                 roc=roc, progress=progress)
+            done = evaluate_split([e.path for e in part], data, split, [out / "eval" / split / e.name for e in part],
+                                  [e.name for e in part], roc=roc, progress=progress)
             reports.update({e.name: r for e, r in zip(part, done, strict=True)})
     rows = []
     for e in entries:

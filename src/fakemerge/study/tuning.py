@@ -46,6 +46,15 @@ def add_to(merged: Path, new: list[Path], out: Path) -> None:
     add_specialists(merged, new, out)
 
 
+def evaluate_split(models: list[Path], data: Path, split: str, out_dirs: list[Path], names: list[str], *,
+                   families: list[str] | None = None, roc: bool = False, progress: Progress = silent) -> list[dict]:
+    """The one place the study runs the evaluation: every model in one shared pass over `split`."""
+    from fakemerge.evaluation.runner import evaluate_many
+
+    return evaluate_many(models, data, split=split, families=families, out_dirs=out_dirs, names=names, roc=roc,
+                         models_per_pass=len(models), progress=progress)
+
+
 def method_names() -> list[str]:
     """The merge methods the study runs: every method of the merging registry, in its order."""
     from fakemerge.merging import METHODS
@@ -74,7 +83,6 @@ class ValLedger:
     def score(self, models: list[Path], progress: Progress = silent) -> list[dict]:
         """{"score", "auc": {family: AUC}, "csv", "weights_sha256"} per model; unseen weights are evaluated
         in one shared pass."""
-        from fakemerge.evaluation.runner import evaluate_many
         from fakemerge.io.safetensors import LazyState, tensors_sha256
 
         hashes = [tensors_sha256(LazyState(m)) for m in models]
@@ -82,9 +90,8 @@ class ValLedger:
         todo = list({h: (m, h) for m, h in todo}.values())
         if todo:
             dirs = [self.folder / h[:16] for _, h in todo]
-            reports = evaluate_many([m for m, _ in todo], self.data, split="val", families=self.families,
-                                    out_dirs=dirs, names=[m.stem for m, _ in todo], roc=False,
-                                    models_per_pass=len(todo), progress=progress)
+            reports = evaluate_split([m for m, _ in todo], self.data, "val", dirs, [m.stem for m, _ in todo],
+                                     families=self.families, progress=progress)
             for (_, h), d, report in zip(todo, dirs, reports, strict=True):
                 auc = {f: report["families"][f]["auc"] for f in self.families}
                 score = sum(auc.values()) / len(auc)
