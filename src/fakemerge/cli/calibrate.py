@@ -16,7 +16,8 @@ def calibrate_command(
     models: list[Path] = typer.Argument(..., help="Fakemerge model files (.safetensors), rewritten in place."),
     data: str = typer.Option(..., "--data", help="DeepfakeBench JSON, folder tree or CSV manifest."),
     split: str = typer.Option("val", help="Split to choose the threshold on (never the test split)."),
-    rule: str = typer.Option(None, "--rule", help="balanced (default) | eer | accuracy | fpr."),
+    rule: str = typer.Option(None, "--rule", help="eer (default, chosen on validation) | balanced | accuracy | "
+                             "fpr; see fakemerge.evaluation.calibration."),
     target_fpr: float = typer.Option(0.05, "--target-fpr", help="False-positive budget of --rule fpr."),
     families: list[str] = typer.Option(None, "--families", help="Fake families to include (comma list; "
                                        "default: every family of the split)."),
