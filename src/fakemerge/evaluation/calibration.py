@@ -18,7 +18,7 @@ classifies the calibration split exactly as the cut does and sits in the gap rat
 `DEFAULT_RULE` was chosen on ForgeryLab validation: a threshold fitted by each rule on one half of the
 validation videos, balanced accuracy measured on the other half (both ways; `held_out_balanced_accuracy`),
 mean over the 11 merged models of the small demo at seed 0: eer 0.758, fpr 0.740, balanced 0.734 (it
-overfits its own half), accuracy 0.571 (the split holds 4 fakes per real); eer was ahead for 9 of the 11.
+overfits its own half), accuracy 0.571 (the split holds 6 fakes per real); eer was ahead for 9 of the 11.
 benchmarks/quality.py re-measures the comparison at full scale (docs/results.md, "Calibrated verdicts").
 """
 
