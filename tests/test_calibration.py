@@ -21,8 +21,8 @@ from fakemerge.evaluation.calibration import (
     write_calibration,
 )
 from fakemerge.io.safetensors import LazyState, tensors_sha256
-from fakemerge.models.backbone import load_base
-from fakemerge.models.detector import Detector, ModelMeta, load_detector, read_meta, save_detector
+from fakemerge.models.detector import Detector, ModelMeta, read_meta, save_detector
+from fakemerge.models.loading import load_base, load_detector
 
 
 def _brute(y, s, rule, target=0.05):

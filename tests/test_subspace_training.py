@@ -182,8 +182,8 @@ def test_fmsd_with_one_rank1_subspace_on_all_layers_is_effort(tiny_base, tiny_da
 def test_every_layer_selection_starts_from_the_same_head_warmed_up_on_other_batches(tiny_base, monkeypatch):
     """The FMSD ablation must change the selection only: same warm-up for gsnr, gradnorm, random, all and
     explicit layers, on batches that are not the scored ones (issue 11 item 4)."""
-    from fakemerge.models.backbone import load_base
     from fakemerge.models.detector import Detector
+    from fakemerge.models.loading import load_base
     from fakemerge.models.subspace import ATTENTION, linear_names
     from fakemerge.training import subspace_methods as sm
 

@@ -33,6 +33,8 @@ def calibrate_command(
     with ui.bars() as progress:
         records = calibrate(models, data, split=split, rule=rule or DEFAULT_RULE, target_fpr=target_fpr,
                             families=split_list(families), root=root, batch_size=batch_size, progress=progress)
+    for warning in records[0]["data_warnings"] if records else []:
+        ui.err.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     table = Table(title=f"thresholds chosen on {split} (rule {rule or DEFAULT_RULE})")
     for column in ("model", "threshold", "TPR", "FPR", "balanced acc", "reals/fakes"):
         table.add_column(column, justify="left" if column == "model" else "right")

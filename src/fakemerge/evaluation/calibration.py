@@ -140,32 +140,39 @@ def write_calibration(model: str | os.PathLike, calibration: Calibration, proven
     return record
 
 
-def calibrate(models: Sequence[str | os.PathLike], data: str | os.PathLike, *, split: str = "val",
+def calibrate(models: Sequence[str | os.PathLike], data, *, split: str = "val",
               rule: str = DEFAULT_RULE, target_fpr: float = 0.05, families: list[str] | None = None,
               root: str | os.PathLike | None = None, batch_size: int = 128,
               progress: Progress = silent) -> list[dict]:
-    """Score every model on `split` (one shared pass), choose each threshold by `rule`, write it into each
-    file. Returns the stored calibration records, in order."""
-    from fakemerge.data.formats import load_records
+    """Score every model on `split` of `data` (a dataset path or a `DataOptions`; one shared pass), choose
+    each threshold by `rule`, write it into each file. Returns the stored calibration records, in order
+    (with the dataset's warnings under `data_warnings`)."""
+    from fakemerge.data.options import DataOptions
+    from fakemerge.data.options import read as read_data
     from fakemerge.data.records import select
     from fakemerge.evaluation.runner import predict, read_predictions
-    from fakemerge.models.detector import load_detector
+    from fakemerge.models.loading import load_detector
 
     if rule not in RULES:
         raise InputError(f"--rule {rule}: choose one of {', '.join(RULES)}")
-    data_root, records = load_records(data, root=root)
-    chosen = select(records, split, families)
+    options = data if isinstance(data, DataOptions) else DataOptions(data=[str(data)], root=root)
+    datasets, notes = read_data(options, [split])
+    if len(datasets) != 1:
+        raise InputError(f"{', '.join(options.data)}: calibrate on one dataset (its validation split)")
+    ds = datasets[0]
+    chosen = select(ds.records, split, families)
     if not chosen:
-        raise InputError(f"{data}: no images in split {split!r}" + (f" for families {families}" if families else ""))
+        raise InputError(f"{ds.source}: no images in split {split!r}"
+                         + (f" for families {families}" if families else ""))
     detectors = [load_detector(m)[0] for m in models]
     with tempfile.TemporaryDirectory(prefix="fakemerge-calibrate-") as tmp:
         csvs = [Path(tmp) / f"{i}.csv" for i in range(len(models))]
-        predict(detectors, data_root, chosen, batch_size=batch_size, csv_path=csvs, progress=progress)
+        predict(detectors, ds.root, chosen, batch_size=batch_size, csv_path=csvs, progress=progress)
         preds = [read_predictions(c) for c in csvs]
     out = []
     for model, pred in zip(models, preds, strict=True):
         fams = sorted({str(f) for f, y in zip(pred["family"], pred["label"], strict=True) if y == 1})
-        provenance = {"split": split, "data": str(data), "families": fams,
+        provenance = {"split": split, "data": ds.source, "families": fams, "data_warnings": [*ds.warnings, *notes],
                       "data_sha256": predictions_sha256(pred["path"].tolist(), pred["label"].tolist())}
         try:
             calibration = choose_threshold(pred["label"], pred["score"], rule, target_fpr=target_fpr)

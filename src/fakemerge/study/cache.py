@@ -41,7 +41,8 @@ def _base_hash(base: str) -> str:
 
 
 def stamp(config: TrainConfig) -> dict:
-    return {"recipe": json.loads(json.dumps(config.recipe(), default=str)), "data": file_sha256(config.data),
+    return {"recipe": json.loads(json.dumps(config.recipe(), default=str)),
+            "data": [file_sha256(d) if Path(d).is_file() else d for d in config.data],
             "base": _base_hash(config.base), "code": _code_hash()}
 
 
