@@ -81,6 +81,7 @@ def build_doc(out: Path, doc: Path, scale: str, seeds: list[int]) -> str:
         parts += sections.merges(runs, g)
     parts += sections.composable(runs)
     parts += sections.calibration(runs)
+    parts += sections.detections(runs)
     parts += sections.ablation(runs)
     parts += sections.unseen(runs)
     parts += ["## Merge diagnostics", ""]

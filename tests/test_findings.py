@@ -84,7 +84,7 @@ def _run(folder: Path, seed: int, auc: dict[str, dict[str, float]], *, real_shif
     save_tensors(weights, entries["r2m"].path)
     save_tensors(weights if remerge_equal else {"vision_model.w": torch.zeros(2)},
                  entries["r2m(FS,FR,EFS)+FE"].path)
-    return Run(folder, seed, rows, entries, {}, {}, {"seed": seed})
+    return Run(folder, seed, rows, entries, {}, {}, {"seed": seed}, [])
 
 
 def _aucs(r2m: float, seed: int) -> dict[str, dict[str, float]]:

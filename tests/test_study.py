@@ -101,7 +101,7 @@ def test_results_document_is_built_from_the_run(tiny_study):
     spec.loader.exec_module(quality)
     text = quality.build_doc(out, out / "docs" / "results.md", "tiny", [0])
     for heading in ("## The paper's claims, tested", "### Settings chosen on validation (full fine-tuned)",
-                    "## Calibrated verdicts", "## Ablations", "## Composability"):
+                    "## Calibrated verdicts", "## Ablations", "## Composability", "## Detect step"):
         assert heading in text
     assert "one seed gives no interval" in text and "not resolved** (one seed" in text
     assert "Claim 3" in text and "bit-identical weights" in text and "| adam_l2-FS | optimizer |" in text

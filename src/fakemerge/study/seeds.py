@@ -27,6 +27,7 @@ class Run:
     tuning: dict
     calibration: dict
     timings: dict
+    detections: list
 
     def value(self, model: str, family: str, metric: str = "auc") -> float | None:
         for r in self.rows:
@@ -63,7 +64,7 @@ def load_run(folder: str | Path) -> Run:
     timings = read("timings.json")
     return Run(folder, int(timings.get("seed", 0)), read("results.json") or [],
                {e.name: e for e in load_entries(folder / "models.json")}, read("tuning.json"),
-               read("calibration.json"), timings)
+               read("calibration.json"), timings, read("detections.json") or [])
 
 
 def across(runs: Sequence[Run], fn: Callable[[Run], float | None]) -> Summary:
