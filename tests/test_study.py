@@ -106,3 +106,21 @@ def test_results_document_is_built_from_the_run(tiny_study):
     assert "one seed gives no interval" in text and "not resolved** (one seed" in text
     assert "Claim 3" in text and "bit-identical weights" in text and "| adam_l2-FS | optimizer |" in text
     assert (out / "docs" / "results_auc_heatmap.png").is_file()
+
+
+def test_training_is_reused_only_while_settings_data_base_and_code_are_unchanged(tiny_base, tiny_data, tmp_path,
+                                                                                   monkeypatch):
+    from fakemerge.config import TrainConfig
+    from fakemerge.study import cache
+    from fakemerge.training import trainer
+
+    calls = []
+    real = trainer.train
+    monkeypatch.setattr(trainer, "train", lambda config, progress: calls.append(config.lr) or real(config, progress))
+    config = TrainConfig(base=str(tiny_base), data=str(tiny_data), families=["FS"], out=str(tmp_path / "m.safetensors"),
+                         method="linear", epochs=1, batch_size=8, num_workers=0, lr=1e-2)
+    assert cache.train_cached(config) and not cache.train_cached(config)  # trained, then reused
+    assert cache.train_cached(config.model_copy(update={"lr": 2e-2}))  # a setting changed
+    monkeypatch.setattr(cache, "_code_hash", lambda: "other code")
+    assert cache.train_cached(config.model_copy(update={"lr": 2e-2}))  # the trainer's code changed
+    assert calls == [1e-2, 2e-2, 2e-2]
