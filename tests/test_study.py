@@ -38,9 +38,9 @@ def tiny_study(tmp_path_factory):
     mp.setattr(tuning, "MERGE_SPACES", SMALL_SPACES)
     mp.setattr(tuning, "method_names", lambda: list(SMALL_SPACES))
     mp.setattr(ablation, "variants", lambda seed: [VARIANT])
-    from fakemerge.evaluation import runner
+    from fakemerge.evaluation import plots
 
-    mp.setattr(runner, "roc_plot", lambda *a, **k: None)  # ROC figures are tested elsewhere; here they cost time
+    mp.setattr(plots, "roc_plot", lambda *a, **k: None)  # ROC figures are tested elsewhere; here they cost time
     out = tmp_path_factory.mktemp("study")
     result = demo.run_demo(out / "seed0", scale="tiny", seed=0, data=out / "data", cache=out / "cache")
     yield out, result, mp
@@ -88,7 +88,7 @@ def test_a_resumed_run_neither_retrains_nor_reevaluates_validation(tiny_study, m
     monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("an unchanged model was retrained"))
     splits = []
     real = runner.evaluate_many
-    monkeypatch.setattr(runner, "evaluate_many", lambda *a, **k: splits.append(k.get("split")) or real(*a, **k))
+    monkeypatch.setattr(runner, "evaluate_many", lambda *a, **k: splits.append(k["options"].split) or real(*a, **k))
     again = demo.run_demo(out / "seed0", scale="tiny", seed=0, data=out / "data", cache=out / "cache")
     assert set(splits) == {"test"}  # every validation score came from the ledger
     assert again.rows == first.rows

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fakemerge.io import write_json, write_text
+from fakemerge.io import write_json
 from fakemerge.progress import Progress, silent, within
 from fakemerge.study.entries import ModelEntry, prefix, save_entries
 
@@ -87,8 +87,7 @@ def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, data_seed:
     """The whole flow at `scale`; `log` gets one plain line per stage, `progress` every step's progress
     (stages named `<step>: <stage>`). `data` / `cache`: where the dataset / the base live (default under
     OUT; share them between seeds)."""
-    from fakemerge.evaluation.plots import auc_heatmap
-    from fakemerge.evaluation.report import results_markdown
+    from fakemerge.evaluation.report import write_results
     from fakemerge.lab.families import SEEN_FAMILIES
     from fakemerge.lab.generate import generate
     from fakemerge.lab.pretrain import pretrain
@@ -144,23 +143,15 @@ def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, data_seed:
         detections = _detect_examples(entries, dataset)
 
     timer.timings["total"] = round(time.perf_counter() - t_start, 2)
-    write_json(out / "results.json", rows)
     save_entries(out / "models.json", entries, out)
     write_json(out / "tuning.json", tuning)
     write_json(out / "calibration.json", calibration)
     write_json(out / "detections.json", detections)
     write_json(out / "timings.json", {"scale": scale, "seed": seed, "data_seed": data_seed, "base": base_report,
                                       **timer.timings})
-    main_rows = [r for r in rows if _role(entries, r["model"]) in ("main", "composable")]
-    auc_heatmap(main_rows, out / "auc_heatmap.png")
-    write_text(out / "results.md", results_markdown(main_rows))
+    paths = write_results(rows, out)
     return DemoResult(rows=rows, entries=entries, timings=timer.timings, detections=detections,
-                      paths={"results": str(out / "results.json"), "heatmap": str(out / "auc_heatmap.png"),
-                             "table": str(out / "results.md")})
-
-
-def _role(entries: list[ModelEntry], name: str) -> str:
-    return next(e.role for e in entries if e.name == name)
+                      paths={k: str(paths[k]) for k in ("results", "table", "heatmap")})
 
 
 def _train(base: str, data: Path, families: list[str], out: Path, cfg: DemoScale, seed: int, progress: Progress,

@@ -147,6 +147,7 @@ def calibrate(models: Sequence[str | os.PathLike], data, *, split: str = "val",
     """Score every model on `split` of `data` (a dataset path or a `DataOptions`; one shared pass), choose
     each threshold by `rule`, write it into each file. Returns the stored calibration records, in order
     (with the dataset's warnings under `data_warnings`)."""
+    from fakemerge.config import EvalOptions
     from fakemerge.data.options import DataOptions
     from fakemerge.data.options import read as read_data
     from fakemerge.data.records import select
@@ -167,7 +168,7 @@ def calibrate(models: Sequence[str | os.PathLike], data, *, split: str = "val",
     detectors = [load_detector(m)[0] for m in models]
     with tempfile.TemporaryDirectory(prefix="fakemerge-calibrate-") as tmp:
         csvs = [Path(tmp) / f"{i}.csv" for i in range(len(models))]
-        predict(detectors, ds.root, chosen, batch_size=batch_size, csv_path=csvs, progress=progress)
+        predict(detectors, ds.root, chosen, csvs, options=EvalOptions(batch_size=batch_size), progress=progress)
         preds = [read_predictions(c) for c in csvs]
     out = []
     for model, pred in zip(models, preds, strict=True):

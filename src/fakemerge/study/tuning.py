@@ -49,10 +49,11 @@ def add_to(merged: Path, new: list[Path], out: Path) -> None:
 def evaluate_split(models: list[Path], data: Path, split: str, out_dirs: list[Path], names: list[str], *,
                    families: list[str] | None = None, roc: bool = False, progress: Progress = silent) -> list[dict]:
     """The one place the study runs the evaluation: every model in one shared pass over `split`."""
+    from fakemerge.config import EvalOptions
     from fakemerge.evaluation.runner import evaluate_many
 
-    return evaluate_many(models, data, split=split, families=families, out_dirs=out_dirs, names=names, roc=roc,
-                         models_per_pass=len(models), progress=progress)
+    options = EvalOptions(split=split, families=families, roc=roc, models_per_pass=len(models))
+    return evaluate_many(models, data, out_dirs, names=names, options=options, progress=progress)
 
 
 def method_names() -> list[str]:
