@@ -78,6 +78,12 @@ def test_every_method_is_tuned_with_the_same_budget_and_reported(tiny_study):
     assert (recipe["optimizer"], recipe["weight_decay"], recipe["schedule"], recipe["lr"]) == ("adam", 5e-4,
                                                                                                "constant", 2e-4)
     assert [e.name for e in load_entries(run / "models.json")] == [e.name for e in result.entries]
+    # R²M's open choices: each changed alone at the selected setting, scored on validation beside it
+    choices = {n: e for n, e in entries.items() if e.role == "option"}
+    assert choices and all(e.method == "r2m" for e in choices.values())
+    for e in choices.values():
+        assert e.params == {**entries["r2m"].params, **e.selection["change"]} != entries["r2m"].params
+        assert 0 <= e.selection["val_score"] <= 1
 
 
 def test_a_resumed_run_neither_retrains_nor_reevaluates_validation(tiny_study, monkeypatch):
@@ -101,7 +107,8 @@ def test_results_document_is_built_from_the_run(tiny_study):
     spec.loader.exec_module(quality)
     text = quality.build_doc(out, out / "docs" / "results.md", "tiny", [0])
     for heading in ("## The paper's claims, tested", "### Settings chosen on validation (full fine-tuned)",
-                    "## Calibrated verdicts", "## Ablations", "## Composability", "## Detect step"):
+                    "## Calibrated verdicts", "## Ablations", "## Composability", "## Detect step",
+                    "### R²M's open choices (full fine-tuned specialists"):
         assert heading in text
     assert "one seed gives no interval" in text and "not resolved** (one seed" in text
     assert "Claim 3" in text and "bit-identical weights" in text and "| adam_l2-FS | optimizer |" in text

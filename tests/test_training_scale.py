@@ -128,7 +128,7 @@ def test_methods_prepare_on_the_training_device(tiny_base, tiny_data, tmp_path, 
     try:
         train(config(tiny_base, tiny_data, tmp_path / "d.safetensors", method="test_device_probe"))
     finally:
-        methods._REGISTRY.pop("test_device_probe")
+        methods.REGISTRY.pop("test_device_probe")
     assert events[:2] == [("to", "cpu"), ("prepare", "cpu")]
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from fakemerge.evaluation.search import Axis, Space
 
-BUDGET = 16  # validation evaluations per method (R²M's grid and its options need 13)
+BUDGET = 16  # validation evaluations per method (R²M's grid and its six options need 15)
 
 
 def _steps(start: float, stop: float, step: float) -> tuple[float, ...]:
@@ -55,6 +55,20 @@ MERGE_SPACES: dict[str, Space] = {
                   Axis("center", (False, True), options=True),
                   Axis("block_norm", ("none", "balanced"), options=True),
                   Axis("residual", ("subtract", "orthogonal"), options=True),
-                  Axis("eta", ("script", "relative"), options=True)),
-                 source="r {0.05,0.1,0.2} × α {0.4,0.6,0.8} (Park et al.) + center, block_norm, residual, eta"),
+                  Axis("eta", ("script", "relative"), options=True),
+                  Axis("rank_round", ("up", "down"), options=True),
+                  Axis("norm_of", ("truncated", "residual"), options=True)),
+                 source="r {0.05,0.1,0.2} × α {0.4,0.6,0.8} (Park et al.) + center, block_norm, residual, eta, "
+                        "rank_round, norm_of"),
+}
+
+# R²M's open choices, each measured at the selected setting beside it (validation and test; outside the
+# tuning budget, as diagnostics): centering with each η mode, the residual rank rounded down as CART's code
+# does, and the norms m_i measured on the whole residual instead of its truncation.
+R2M_CHOICES: dict[str, dict] = {
+    "center": {"center": True, "eta": "script"},
+    "center-eta_relative": {"center": True, "eta": "relative"},
+    "eta_relative": {"center": False, "eta": "relative"},
+    "rank_round_down": {"rank_round": "down"},
+    "norm_of_residual": {"norm_of": "residual"},
 }

@@ -9,14 +9,15 @@ from pathlib import Path
 from fakemerge.io import write_json
 
 GROUPS = ("full", "effort", "fmsd")  # the specialists' training method (what a merge is built from)
-ROLES = ("main", "default", "composable", "ablation")
+ROLES = ("main", "default", "option", "composable", "ablation")
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     """One model of a run. `role`: main (the specialists, joint, and each merge at its validation-selected
     setting — or at its defaults when nothing is tuned), default (a merge at the library defaults beside a
-    tuned main one), composable (the merge-then-add experiment), ablation (FMSD and optimizer variants)."""
+    tuned main one), option (R²M at its selected setting with one open choice changed), composable (the
+    merge-then-add experiment), ablation (FMSD and optimizer variants)."""
 
     name: str  # unique in the run; the results row label
     path: Path

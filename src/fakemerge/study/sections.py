@@ -33,7 +33,8 @@ def merges(runs: Sequence[Run], group: str) -> list[str]:
     out = [f"## Merges of the four {LABELS[group]} specialists", "",
            ("Each method at the setting it chose on the validation split (mean seen-family AUC) within the "
             "same budget of validation evaluations; test AUC below." if tuned else
-            "Each method at the library defaults (nothing tuned at this scale)."), "",
+            "Each method at the library defaults (no merge of this group is tuned: the same budget, 0, for every "
+            "method)."), "",
            auc_table(runs, [n for n, _ in order]), "",
            "Ranking by seed-mean test AUC over the seen families: "
            + ", ".join(f"{n} {mean_std(s)}" for n, s in order) + ".", ""]
@@ -110,6 +111,38 @@ def calibration(runs: Sequence[Run]) -> list[str]:
             + ", ".join(f"`{k}` {mean_std(v)}" for k, v in rules.items()) + f"; {rule_sentence}", ""]
 
 
+def r2m_choices(runs: Sequence[Run], group: str) -> list[str]:
+    """R²M's open choices, each changed alone at the selected setting: validation and test against it."""
+    main = f"{prefix(group)}r2m"
+    names = runs[0].names(lambda e: e.role == "option" and e.group == group)
+    if not names:
+        return []
+    head = ["variant", "change", "val score", "Δ val vs selected", "test mean seen", "Δ test seen",
+            "test mean unseen", "Δ test unseen"]
+    out = [f"### R²M's open choices ({LABELS[group]} specialists, each changed alone at the selected setting)", "",
+           "Measured beside the tuned merge, outside the tuning budget (validation score: mean seen-family AUC).",
+           "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def val(r: Run, n: str):
+        return (r.entries[n].selection or {}).get("val_score") if n in r.entries else None
+
+    moved = []
+    for n in names:
+        change = ", ".join(f"{k}={v}" for k, v in (runs[0].entries[n].selection or {}).get("change", {}).items())
+        d_val = paired([val(r, n) for r in runs], [val(r, main) for r in runs])
+        d_seen = paired([r.mean(n) for r in runs], [r.mean(main) for r in runs])
+        d_unseen = paired([r.mean(n, False) for r in runs], [r.mean(main, False) for r in runs])
+        if direction(d_val) in ("above", "below"):
+            moved.append(f"{n} {direction(d_val)}")
+        out.append(f"| {n} | {change} | {cell(across(runs, lambda r, n=n: val(r, n)))} | {interval(d_val)} | "
+                   f"{cell(across(runs, lambda r, n=n: r.mean(n)))} | {interval(d_seen)} | "
+                   f"{cell(across(runs, lambda r, n=n: r.mean(n, False)))} | {interval(d_unseen)} |")
+    out += ["", ("Choices whose validation interval excludes the selected setting: " + (", ".join(moved) or "none")
+                 + "." if len(runs) > 1 else "One seed: no interval separates a choice from the selected setting."),
+            ""]
+    return out
+
+
 def _avg(values: list) -> float | None:
     ok = [v for v in values if v is not None and math.isfinite(v)]
     return sum(ok) / len(ok) if ok else None
@@ -122,6 +155,7 @@ def ablation(runs: Sequence[Run]) -> list[str]:
     names = runs[0].names(lambda e: e.role == "ablation")
     if not names:
         return []
+    runs = [r for r in runs if all(n in r.entries for n in names)]  # the seeds that trained the ablations
     questions = {f"{v.name}-{ABLATION_FAMILY}": v for v in variants(runs[0].seed)}
     refs = {n: reference(questions[n]) for n in names}
 
@@ -133,7 +167,9 @@ def ablation(runs: Sequence[Run]) -> list[str]:
 
     head = ["variant", "question", "val AUC (own family)", "Δ val vs default", f"test AUC {ABLATION_FAMILY}",
             "Δ test vs default", "mean unseen test AUC", "tail energy ratio"]
-    out = [f"## Ablations (trained on {ABLATION_FAMILY}; defaults compared on validation)", "",
+    seeds = ", ".join(str(r.seed) for r in runs)
+    plural = "s" if len(runs) > 1 else ""
+    out = [f"## Ablations (trained on {ABLATION_FAMILY}; defaults compared on validation; seed{plural} {seeds})", "",
            "Each variant changes one thing of its method's default (e.g. `fmsd-FS`, `effort-FS`): FMSD's layer "
            "selection at an equal number of layers and the same head warm-up (on batches that are not the "
            "scored ones), K, d, the loss weights (the spectral loss is normalised by the tail's own energy), and "

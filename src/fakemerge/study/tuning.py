@@ -23,7 +23,7 @@ from fakemerge.evaluation.calibration import (
     predictions_sha256,
     write_calibration,
 )
-from fakemerge.evaluation.merge_spaces import BUDGET, MERGE_SPACES
+from fakemerge.evaluation.merge_spaces import BUDGET, MERGE_SPACES, R2M_CHOICES
 from fakemerge.evaluation.search import SearchResult, adaptive_search
 from fakemerge.io import file_sha256, write_json
 from fakemerge.progress import Progress, silent, within
@@ -36,8 +36,10 @@ def merge_to(out: Path, method: str, base: str, specialists: list[Path], params:
              progress: Progress = silent) -> dict:
     """The one place the study merges files; returns the full parameters the merge used."""
     from fakemerge.merging.engine import merge_files
+    from fakemerge.merging.recipe import Recipe
 
-    return merge_files(method, base, specialists, out, params=params, progress=progress).meta.recipe["parameters"]
+    recipe = Recipe(method, base, [str(p) for p in specialists], dict(params))
+    return merge_files(recipe, out, progress=progress).meta.recipe["parameters"]
 
 
 def add_to(merged: Path, new: list[Path], out: Path) -> None:
@@ -149,6 +151,8 @@ def build_merges(base: str, specialists: list[Path], group: str, models: Path, l
             entries.append(ModelEntry(f"{p}{method}-default", path, "merged", method, families, group,
                                       "default", full))
     r2m = next(e for e in entries if e.method == "r2m" and e.role == "main")
+    if budget:
+        entries += _r2m_choices(r2m, base, specialists, models, ledger, extra=seeded("r2m", seed))
     three = [s for s in specialists if "FE" not in _families(s)]
     added = [s for s in specialists if "FE" in _families(s)]
     first = models / f"merged-{p}r2m-3fam.safetensors"
@@ -161,6 +165,21 @@ def build_merges(base: str, specialists: list[Path], group: str, models: Path, l
                 ModelEntry(f"{p}r2m(FS,FR,EFS)+FE", plus, "merged", "r2m", families, group, "composable",
                            r2m.params)]
     return entries, tuning
+
+
+def _r2m_choices(r2m: ModelEntry, base: str, specialists: list[Path], models: Path, ledger: ValLedger,
+                 extra: dict) -> list[ModelEntry]:
+    """R²M at its selected setting with one open choice changed (a choice it already made is left out)."""
+    out = []
+    for label, change in R2M_CHOICES.items():
+        setting = {**r2m.params, **change}
+        if setting == r2m.params:
+            continue
+        path = models / f"merged-{r2m.name}-{label}.safetensors"
+        full = merge_to(path, "r2m", base, specialists, {**setting, **extra})
+        out.append(ModelEntry(f"{r2m.name}-{label}", path, "merged", "r2m", r2m.trained_on, r2m.group, "option",
+                              full, {"val_score": ledger.score([path])[0]["score"], "change": change}))
+    return out
 
 
 def _families(path: Path) -> list[str]:
