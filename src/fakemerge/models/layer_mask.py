@@ -1,4 +1,4 @@
-"""Forgery-aware layer masking (FMSD, design in specs/fmsd.md): score candidate layers by the bias–variance
+"""Forgery-aware layer masking (FMSD, Zhang et al., arXiv 2601.01041): score candidate layers by the bias–variance
 of their per-batch gradients and fine-tune only the top ones; the rest stay exactly as pretrained.
 
 GSNR of layer l over B probe batches with gradients g⁽ᵇ⁾:  μ = mean_b g⁽ᵇ⁾,  σ² = mean_b ‖g⁽ᵇ⁾ − μ‖²_F,

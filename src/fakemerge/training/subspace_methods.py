@@ -1,4 +1,5 @@
-"""Training methods `effort` and `fmsd` (specs/fmsd.md): SVD subspace fine-tuning of the backbone + the head.
+"""Training methods `effort` and `fmsd`: SVD subspace fine-tuning of the backbone + the head (FMSD, Zhang et
+al., arXiv 2601.01041; Effort, Yan et al., ICML 2025).
 
 effort: K = 1, d = 1 on every attention projection; CE only by default (as Effort's released code), the
         paper's orthonormality / energy terms available with their own weights.
