@@ -150,7 +150,9 @@ def child_fusionbench(args: argparse.Namespace) -> dict:
             m.load_state_dict(canonical(state) if wants_prefix else strip_prefix(state), assign=True)
             return m
 
-        pool = {"_pretrained_": module(base), **{f"t{i}": module(m) for i, m in enumerate(models)}}
+        # copies: FusionBench's task arithmetic updates the pretrained module in place, which would move `base`
+        pool = {"_pretrained_": module({k: v.clone() for k, v in base.items()}),
+                **{f"t{i}": module(m) for i, m in enumerate(models)}}
         start = time.perf_counter()
         algorithm = SimpleAverageAlgorithm() if args.method == "average" else \
             TaskArithmeticAlgorithm(scaling_factor=0.3)

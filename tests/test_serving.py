@@ -158,6 +158,9 @@ def test_the_media_layers_pixel_limit_applies(files, tmp_path):
         assert r.status_code == 200, r.text
         assert any(n.startswith("hopper.jpg: ") and "1/2 scale" in n for n in r.json()["notes"]), r.json()["notes"]
         assert "512×600 PNG image is over" in error(post(client, "hopper.png", png), 413, "too_many_pixels")
+    with TestClient(create_app(files[1], build_settings(max_pixels=4_000))) as client:  # 1/8 scale: 64×75 > 4000
+        assert "512×600 JPEG image is over" in error(post(client, "hopper.jpg", PHOTO.read_bytes()), 413,
+                                                     "too_many_pixels")
 
 
 def test_corrupt_and_truncated_media_are_422(service, files):

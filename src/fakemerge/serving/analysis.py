@@ -69,7 +69,7 @@ def analyse(detector: Detector, upload: Upload, options: Options, settings: Serv
         info = media.probe(path)
     except FakemergeError as e:
         raise ApiError(422, "unprocessable", shown(str(e))) from None
-    if info.pixels > settings.max_pixels and info.format != "jpeg":  # (the media layer decodes JPEGs reduced)
+    if not info.fits(settings.max_pixels):
         what = "image is" if info.kind == "image" else "video frames are"
         raise ApiError(413, "too_many_pixels", f"{upload.name}: {info.width}×{info.height} {info.format.upper()} "
                                                f"{what} over this server's limit of {settings.max_pixels:,} pixels")

@@ -41,7 +41,7 @@ from fakemerge.data.media.formats import (
     kind_of,
     sniff,
 )
-from fakemerge.data.media.images import decode_image, orientation, pil_open, webp_size
+from fakemerge.data.media.images import decode_image, orientation, pil_open, reduced_scale, webp_size
 from fakemerge.data.media.listing import Item, find_media, frame_files
 from fakemerge.data.media.opening import Source, display_name, identify, note, opened
 from fakemerge.data.media.video import Frame, av_open, even_indices, video_frames, video_stream
@@ -69,6 +69,11 @@ class MediaInfo:
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+    def fits(self, max_pixels: int) -> bool:
+        """Whether it can be read within `max_pixels` (a JPEG over it is decoded reduced, down to 1/8)."""
+        return (self.kind == "image" and reduced_scale(self.width, self.height, self.format, max_pixels)
+                is not None) or self.pixels <= max_pixels
 
 
 def probe(source: Source, name: str | None = None) -> MediaInfo:

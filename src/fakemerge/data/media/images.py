@@ -29,6 +29,16 @@ def pil_open(f: BinaryIO, name: str, fmt: str) -> Image.Image:
         raise InputError(f"{name}: corrupt {fmt.upper()} header ({first_line(e)})") from None
 
 
+def reduced_scale(width: int, height: int, fmt: str, max_pixels: int) -> int | None:
+    """1 when the image fits `max_pixels`; else the JPEG DCT scale (2, 4 or 8) at which it fits; None when
+    nothing does (any other format over the limit, or a JPEG too large even at 1/8)."""
+    if width * height <= max_pixels:
+        return 1
+    if fmt != "jpeg":
+        return None
+    return next((s for s in (2, 4, 8) if math.ceil(width / s) * math.ceil(height / s) <= max_pixels), None)
+
+
 def decode_image(f: BinaryIO, name: str, fmt: str, max_pixels: int, notes: list[str] | None) -> np.ndarray:
     declared = webp_size(f.read(32)) if fmt == "webp" else None
     f.seek(0)
@@ -40,9 +50,9 @@ def decode_image(f: BinaryIO, name: str, fmt: str, max_pixels: int, notes: list[
     w, h = im.size
     if w < 1 or h < 1:
         raise InputError(f"{name}: {fmt.upper()} header gives an empty image ({w}×{h})")
-    if w * h > max_pixels:
-        scale = next((s for s in (2, 4, 8) if math.ceil(w / s) * math.ceil(h / s) <= max_pixels), None)
-        if fmt != "jpeg" or scale is None:
+    scale = reduced_scale(w, h, fmt, max_pixels)
+    if scale != 1:
+        if scale is None:
             raise InputError(f"{name}: {w}×{h} {fmt.upper()} image is over the pixel limit "
                              f"({w * h / 1e6:.1f} MP > {max_pixels / 1e6:g} MP); raise the limit to read it")
         im.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
