@@ -171,9 +171,10 @@ def child_fusionbench(args: argparse.Namespace) -> dict:
         merged = {k: base[k] + delta[k] for k in base}
     seconds = time.perf_counter() - start
     ours = load_file(args.out)
-    worst = max(float((ours[k].double() - v.double()).norm()
-                      / (v.double() - base[k].double()).norm().clamp_min(1e-30)) for k, v in merged.items())
-    return {"work": seconds, "load": loaded - t0, "parity": worst}
+    worst, worst_key = max((float((ours[k].double() - v.double()).norm()
+                                  / (v.double() - base[k].double()).norm().clamp_min(1e-30)), k)
+                           for k, v in merged.items())
+    return {"work": seconds, "load": loaded - t0, "parity": worst, "parity_key": worst_key}
 
 
 def child_truncations(args: argparse.Namespace) -> dict:
@@ -341,6 +342,9 @@ def main() -> None:
                ("ours s", "ours s", ".1f"), ("ours/fb", "ours / fb", ".2f"),
                ("work/work", "ours / fb work", ".2f"), ("parity", "parity", ".1e")])
         print("targets: tsv, iso_c, iso_cts ≤ 0.5× FusionBench; r2m ≤ 0.1× FusionBench's tsv; parity ≤ 1e-4")
+        for m, r in peers.items():
+            if r.get("parity_key"):
+                print(f"{m}: worst tensor {r['parity_key']}")
 
     large: dict[str, dict] = {}
     if not args.no_large:
