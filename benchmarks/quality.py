@@ -30,15 +30,17 @@ from fakemerge.study.seeds import Run, load_run
 console = Console()
 
 
-def run_seeds(out: Path, scale: str, seeds: list[int], data_seed: int, ablation_seeds: list[int] | None) -> None:
+def run_seeds(out: Path, scale: str, seeds: list[int], data_seed: int, ablation_seeds: list[int] | None,
+              settings_seed: int | None) -> None:
     from fakemerge.demo import run_demo
 
     for seed in seeds:
         ablation = None if ablation_seeds is None else seed in ablation_seeds
+        settings_from = out / f"seed{settings_seed}" if settings_seed not in (None, seed) else None
         console.print(f"[bold]seed {seed}[/bold] -> {out / f'seed{seed}'}")
         t0 = time.perf_counter()
         run_demo(out / f"seed{seed}", scale=scale, seed=seed, data_seed=data_seed, data=out / "data",
-                 cache=out / "cache", ablation=ablation, log=console.print)
+                 cache=out / "cache", ablation=ablation, settings_from=settings_from, log=console.print)
         console.print(f"seed {seed}: {(time.perf_counter() - t0) / 60:.1f} min")
 
 
@@ -110,13 +112,16 @@ def main() -> None:
     ap.add_argument("--doc", type=Path, default=Path("docs/results.md"))
     ap.add_argument("--ablation-seeds", type=int, nargs="*", default=None,
                     help="Seeds that also train the ablations (default: every seed; they take ~1/3 of a seed).")
+    ap.add_argument("--settings-seed", type=int, default=None,
+                    help="Search merge settings on this seed's validation split only (run it first); the other "
+                         "seeds merge at the settings it chose (default: every seed searches its own).")
     ap.add_argument("--doc-only", action="store_true", help="Only rebuild the document from the seed folders.")
     ap.add_argument("--no-doc", action="store_true", help="Only run the seeds (aggregate later).")
     args = ap.parse_args()
     hf_logging.disable_progress_bar()
     seeds = args.seeds or [0, 1, 2]
     if not args.doc_only:
-        run_seeds(args.out, args.scale, seeds, args.data_seed, args.ablation_seeds)
+        run_seeds(args.out, args.scale, seeds, args.data_seed, args.ablation_seeds, args.settings_seed)
     elif args.seeds is None:
         seeds = sorted(int(p.name[4:]) for p in args.out.glob("seed*") if (p / "results.json").is_file())
     if not args.no_doc:

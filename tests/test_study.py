@@ -131,3 +131,18 @@ def test_training_is_reused_only_while_settings_data_base_and_code_are_unchanged
     monkeypatch.setattr(cache, "_code_hash", lambda: "other code")
     assert cache.train_cached(config.model_copy(update={"lr": 2e-2}))  # the trainer's code changed
     assert calls == [1e-2, 2e-2, 2e-2]
+
+
+def test_a_seed_can_merge_at_the_settings_another_seed_chose(tiny_study, monkeypatch):
+    out, first, _ = tiny_study
+    monkeypatch.setattr(tuning, "adaptive_search", lambda *a, **k: pytest.fail("searched again"))
+    second = demo.run_demo(out / "seed1", scale="tiny", seed=1, data=out / "data", cache=out / "cache",
+                           ablation=False, settings_from=out / "seed0")
+    chosen = json.loads((out / "seed0" / "tuning.json").read_text())["full"]
+    entries = {e.name: e for e in second.entries}
+    for method in ("task_arithmetic", "r2m"):
+        e = entries[method]
+        assert {k: v for k, v in e.params.items() if k in chosen[method]["best"]} == chosen[method]["best"]
+        assert e.selection["used"] == 0 and e.selection["settings_from_seed"] == 0
+        assert 0 <= e.selection["val_score"] <= 1
+    assert "task_arithmetic-default" in entries and not any(e.role == "ablation" for e in entries.values())

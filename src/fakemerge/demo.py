@@ -17,6 +17,7 @@ timings.json, results.md, auc_heatmap.png.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,10 +87,12 @@ class _Timer:
 
 def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, data_seed: int | None = None,
              data: str | Path | None = None, cache: str | Path | None = None, ablation: bool | None = None,
-             log: Log = lambda s: None, progress: Progress = silent) -> DemoResult:
+             settings_from: str | Path | None = None, log: Log = lambda s: None,
+             progress: Progress = silent) -> DemoResult:
     """The whole flow at `scale`; `log` gets one plain line per stage, `progress` every step's progress
     (stages named `<step>: <stage>`). `data` / `cache`: where the dataset / the base live (default under
-    OUT; share them between seeds). `ablation`: run the ablations (None: as the scale says)."""
+    OUT; share them between seeds). `ablation`: run the ablations (None: as the scale says). `settings_from`:
+    a run folder whose validation-chosen merge settings are used instead of searching again."""
     from fakemerge.evaluation.report import write_results
     from fakemerge.lab.families import SEEN_FAMILIES
     from fakemerge.lab.generate import generate
@@ -129,14 +132,17 @@ def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, data_seed:
 
     ledger = ValLedger(out / "eval" / "val", dataset, list(SEEN_FAMILIES))
     tuning: dict[str, dict] = {}
+    chosen = _chosen_settings(Path(settings_from)) if settings_from else {}
     for method in cfg.specialist_methods:
         specialists = [e.path for e in entries if e.kind == "specialist" and e.group == method
                        and e.role == "main"]
         budget = cfg.tune_budget if cfg.tune_groups is None or method in cfg.tune_groups else 0
-        what = "tuned on validation" if budget else "at their defaults"
+        what = ("settings chosen on validation of " + str(settings_from) if budget and settings_from else
+                "tuned on validation" if budget else "at their defaults")
         with timer.stage(f"merge {prefix(method) or 'full-'}specialists ({what}) + composable re-merge"):
             merged, tuning[method] = build_merges(base, specialists, method, models, ledger,
-                                                  budget=budget, seed=seed, progress=progress, log=log)
+                                                  budget=budget, seed=seed, chosen=chosen.get(method) if
+                                                  settings_from else None, progress=progress, log=log)
             entries += merged
     with timer.stage("calibrate every merged model on validation"):
         calibration = calibrate_merged(entries, ledger, within(progress, "calibrate"))
@@ -202,6 +208,13 @@ def _evaluate(entries: list[ModelEntry], data: Path, split: str, out: Path, prog
     for e in entries:
         rows += family_rows(reports[e.name], e.name, e.kind, e.method, list(e.trained_on), SEEN_FAMILIES)
     return rows
+
+
+def _chosen_settings(run: Path) -> dict:
+    """A finished run's tuning log, each method's record marked with that run's seed."""
+    seed = json.loads((run / "timings.json").read_text())["seed"]
+    tuning = json.loads((run / "tuning.json").read_text())
+    return {group: {m: {"seed": seed, **rec} for m, rec in methods.items()} for group, methods in tuning.items()}
 
 
 def _detect_examples(entries: list[ModelEntry], data: Path) -> list[dict]:

@@ -30,9 +30,16 @@ def merges(runs: Sequence[Run], group: str) -> list[str]:
     defaults = {n: f"{n}-default" for n in names if f"{n}-default" in runs[0].entries}
     tuned = bool(defaults)
     order = ranked(runs, names)
+    reused = sorted({r.seed for r in runs for n in names
+                     if (r.entries[n].selection or {}).get("settings_from_seed") is not None})
+    searched = [r.seed for r in runs if r.seed not in reused]
+    shared = (f" Seed{'s' if len(searched) > 1 else ''} {', '.join(map(str, searched))} searched; seed"
+              f"{'s' if len(reused) > 1 else ''} {', '.join(map(str, reused))} merged at the settings seed "
+              f"{searched[0]} chose (0 evaluations of their own; their validation score of that setting is "
+              "shown)." if reused and searched else "")
     out = [f"## Merges of the four {LABELS[group]} specialists", "",
            ("Each method at the setting it chose on the validation split (mean seen-family AUC) within the "
-            "same budget of validation evaluations; test AUC below." if tuned else
+            "same budget of validation evaluations; test AUC below." + shared if tuned else
             "Each method at the library defaults (no merge of this group is tuned: the same budget, 0, for every "
             "method)."), "",
            auc_table(runs, [n for n, _ in order]), "",

@@ -119,10 +119,12 @@ def _tune(method: str, base: str, specialists: list[Path], scratch: Path, ledger
 
 
 def build_merges(base: str, specialists: list[Path], group: str, models: Path, ledger: ValLedger, *,
-                 budget: int, seed: int, progress: Progress = silent, log: Log = lambda s: None
-                 ) -> tuple[list[ModelEntry], dict]:
+                 budget: int, seed: int, chosen: dict | None = None, progress: Progress = silent,
+                 log: Log = lambda s: None) -> tuple[list[ModelEntry], dict]:
     """Every method's merge of `specialists` (main entries: tuned when `budget`, else at the defaults; with
     tuning also a `-default` entry), then R²M's merge-then-add experiment at R²M's main setting.
+    `chosen`: another run's tuning log for this group: each method takes the setting that run chose on its
+    validation split (no search here; this run's validation score of it is recorded).
     Returns the entries and the tuning log (per method: budget, evaluations, trials, choice)."""
     families = tuple(dict.fromkeys(f for s in specialists for f in _families(s)))
     p = prefix(group)
@@ -131,13 +133,23 @@ def build_merges(base: str, specialists: list[Path], group: str, models: Path, l
         extra = seeded(method, seed)
         params = {}
         selection = None
-        if budget:
+        if budget and chosen is not None:
+            prior = chosen[method]
+            params = {k: v for k, v in prior["best"].items() if k != "seed"}
+            path = models / "scratch" / f"{method}-chosen.safetensors"
+            merge_to(path, method, base, specialists, {**params, **extra})
+            score = ledger.score([path])[0]["score"]
+            path.unlink()
+            selection = {"budget": prior["budget"], "used": 0, "val_score": score, "open_edges": prior["open_edges"],
+                         "source": prior["source"], "settings_from_seed": prior["seed"]}
+            tuning[method] = {**selection, "best": params, "trials": []}
+        elif budget:
             log(f"  tuning {p}{method} on validation (budget {budget})")
             result = _tune(method, base, specialists, models / "scratch", ledger, budget, extra,
                            within(progress, f"tune {p}{method}"))
             params = result.best
             selection = {"budget": budget, "used": result.used, "val_score": result.best_score,
-                         "open_edges": result.open_edges, "source": MERGE_SPACES[method].source}
+                         "open_edges": result.open_edges, "source": MERGE_SPACES[method].source, "seed": seed}
             tuning[method] = {**selection, "best": result.best,
                               "trials": [{"setting": t.setting, "score": t.score, "phase": t.phase}
                                          for t in result.trials]}
