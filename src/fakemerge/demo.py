@@ -141,8 +141,8 @@ def run_demo(out: str | Path, *, scale: str = "small", seed: int = 0, data_seed:
                 "tuned on validation" if budget else "at their defaults")
         with timer.stage(f"merge {prefix(method) or 'full-'}specialists ({what}) + composable re-merge"):
             merged, tuning[method] = build_merges(base, specialists, method, models, ledger,
-                                                  budget=budget, seed=seed, chosen=chosen.get(method) if
-                                                  settings_from else None, progress=progress, log=log)
+                                                  budget=budget, seed=seed, chosen=chosen.get(method),
+                                                  progress=progress, log=log)
             entries += merged
     with timer.stage("calibrate every merged model on validation"):
         calibration = calibrate_merged(entries, ledger, within(progress, "calibrate"))

@@ -135,14 +135,9 @@ def build_merges(base: str, specialists: list[Path], group: str, models: Path, l
         selection = None
         if budget and chosen is not None:
             prior = chosen[method]
-            params = {k: v for k, v in prior["best"].items() if k != "seed"}
-            path = models / "scratch" / f"{method}-chosen.safetensors"
-            merge_to(path, method, base, specialists, {**params, **extra})
-            score = ledger.score([path])[0]["score"]
-            path.unlink()
-            selection = {"budget": prior["budget"], "used": 0, "val_score": score, "open_edges": prior["open_edges"],
+            params = prior["best"]
+            selection = {"budget": prior["budget"], "used": 0, "val_score": None, "open_edges": prior["open_edges"],
                          "source": prior["source"], "settings_from_seed": prior["seed"]}
-            tuning[method] = {**selection, "best": params, "trials": []}
         elif budget:
             log(f"  tuning {p}{method} on validation (budget {budget})")
             result = _tune(method, base, specialists, models / "scratch", ledger, budget, extra,
@@ -155,6 +150,9 @@ def build_merges(base: str, specialists: list[Path], group: str, models: Path, l
                                          for t in result.trials]}
         path = models / f"merged-{p}{method}.safetensors"
         full = merge_to(path, method, base, specialists, {**params, **extra}, within(progress, f"merge {method}"))
+        if selection is not None and "settings_from_seed" in selection:  # this run's validation score of it
+            selection["val_score"] = ledger.score([path])[0]["score"]
+            tuning[method] = {**selection, "best": params, "trials": []}
         entries.append(ModelEntry(f"{p}{method}", path, "merged", method, families, group, "main", full,
                                   selection))
         if budget and MERGE_SPACES[method].axes:  # a parameter-free method's default is its main entry
