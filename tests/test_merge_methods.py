@@ -335,3 +335,27 @@ def test_low_rank_task_vectors_give_the_same_result_in_float32_and_float64(metho
     stacked = torch.cat([s["w"] - base64["w"] for s in specs64], 1)
     span = torch.linalg.svd(stacked, full_matrices=False).U[:, :6]
     assert float((out64 - span @ (span.T @ out64)).norm() / out64.norm()) < 1e-6
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (5, 12)])
+def test_an_svd_that_does_not_converge_in_float32_is_redone_in_float64(monkeypatch, shape):
+    """MKL's single-threaded float32 gesdd fails on some rank-deficient matrices (seen on Iso-CTS's projected
+    768 × 3072 task vectors); the merge must not fail with it."""
+    from fakemerge.merging import lowrank
+
+    real = torch.linalg.svd
+
+    def float32_fails(a, full_matrices=True):
+        if a.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return real(a, full_matrices=full_matrices)
+
+    a = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(torch.linalg, "svd", float32_fails)
+    u, s, vh = lowrank.thin_svd(a)
+    assert u.dtype == s.dtype == vh.dtype == torch.float32
+    assert u.shape == (shape[0], 5) and vh.shape == (5, shape[1])
+    assert close((u * s) @ vh, a)
+    monkeypatch.setattr(torch.linalg, "svd", lambda a, full_matrices=True: float32_fails(a.float()))
+    with pytest.raises(torch.linalg.LinAlgError):  # float64 failing too is not hidden
+        lowrank.thin_svd(a.double())

@@ -39,9 +39,22 @@ def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     """The thin SVD U, σ, Vᵀ of a matrix; a wide one is decomposed as its transpose (LAPACK's gesdd takes 2–3×
     longer on m × n than on n × m when m < n, for the same factors up to rounding)."""
     if a.shape[0] >= a.shape[1]:
-        return torch.linalg.svd(a, full_matrices=False)
-    u, s, vh = torch.linalg.svd(a.T, full_matrices=False)
+        return _svd(a)
+    u, s, vh = _svd(a.T)
     return vh.T, s, u.T
+
+
+def _svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torch.linalg.svd, redone in float64 when float32 gesdd does not converge: MKL's single-threaded
+    float32 gesdd fails on some matrices with many (near-)zero singular values, e.g. Iso-CTS's projected
+    768 × 3072 task vectors, where the same call on two threads or in float64 succeeds."""
+    try:
+        return torch.linalg.svd(a, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        if a.dtype == torch.float64:
+            raise
+        u, s, vh = torch.linalg.svd(a.double(), full_matrices=False)
+        return u.to(a.dtype), s.to(a.dtype), vh.to(a.dtype)
 
 
 def polar(a: torch.Tensor, at_rank: bool, noise: float = 0.0) -> torch.Tensor:
