@@ -92,18 +92,18 @@ def make_files(directory: Path, size: str, n: int) -> tuple[Path, list[Path]]:
 # ---------------------------------------------------------------- the measured processes
 
 def child_merge(args: argparse.Namespace) -> dict:
-    import torch
+    """`fakemerge merge` itself, as a user runs it (its imports, checks, bars and atomic write included)."""
+    from fakemerge.cli import main
 
-    torch.set_num_threads(args.threads)
-    from fakemerge.merging.engine import add_specialists, merge_files
-    from fakemerge.merging.recipe import Recipe
-
-    t0 = time.perf_counter()
+    argv = ["merge", "--out", args.out, "--device", args.device]
     if args.add_from:
-        add_specialists(args.add_from, args.specs, args.out)
+        argv += ["--from", args.add_from, "--add", *args.specs]
     else:
-        merge_files(Recipe(args.method, args.base, args.specs, json.loads(args.params), device=args.device),
-                    args.out)
+        argv += ["--method", args.method, "--base", args.base, *args.specs]
+        for k, v in json.loads(args.params).items():
+            argv += ["--set", f"{k}={v}"]
+    t0 = time.perf_counter()
+    main(argv)
     return {"work": time.perf_counter() - t0}
 
 

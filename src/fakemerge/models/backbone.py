@@ -11,14 +11,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import CLIPVisionConfig
 
 from fakemerge.errors import InputError
 from fakemerge.io.safetensors import tensors_sha256
 from fakemerge.keys import PREFIX, canonical, strip_prefix
 
-if TYPE_CHECKING:  # the model classes import in seconds: only where a model is built
-    from transformers import CLIPVisionModel
+if TYPE_CHECKING:  # transformers imports in ~0.5 s and its model classes in seconds: only where used
+    from transformers import CLIPVisionConfig, CLIPVisionModel
 
 CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps", "projection_dim")
@@ -29,6 +28,8 @@ SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "patch_
 def tiny_config(image_size: int = 64, patch_size: int = 8, hidden_size: int = 128, num_hidden_layers: int = 4,
                 num_attention_heads: int = 4, intermediate_size: int = 512) -> CLIPVisionConfig:
     """The ForgeryLab-sized CLIP ViT (0.83 M parameters at the defaults)."""
+    from transformers import CLIPVisionConfig
+
     return CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
                             num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
                             intermediate_size=intermediate_size, projection_dim=hidden_size)
@@ -39,6 +40,8 @@ def config_to_dict(config: CLIPVisionConfig) -> dict:
 
 
 def config_from_dict(d: Mapping) -> CLIPVisionConfig:
+    from transformers import CLIPVisionConfig
+
     return CLIPVisionConfig(**{k: v for k, v in d.items() if k in CONFIG_FIELDS})
 
 
@@ -54,6 +57,8 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], source: str) -> dict:
     hidden, channels, p = patch[0], patch[1], patch[2]
     grid = math.isqrt(positions - 1)
     layers = len({k.split(".")[3] for k in shapes if k.startswith(f"{PREFIX}encoder.layers.")})
+    from transformers import CLIPVisionConfig
+
     config = config_to_dict(CLIPVisionConfig())  # CLIP's own defaults for what shapes cannot tell (act, eps)
     config.update(hidden_size=hidden, intermediate_size=fc1[0], num_hidden_layers=layers,
                   num_attention_heads=max(1, hidden // 64), num_channels=channels, image_size=grid * p,

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import CLIPVisionConfig
 
 import fakemerge
 from fakemerge.errors import InputError
@@ -28,7 +27,7 @@ from fakemerge.models.backbone import backbone_state, build_backbone, config_to_
 from fakemerge.models.preprocessing import Preprocessing
 
 if TYPE_CHECKING:  # the model classes import in seconds: only where a model is built
-    from transformers import CLIPVisionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModel
 
 FORMAT = "fakemerge.detector/1"
 MARKER = "fakemerge_format"

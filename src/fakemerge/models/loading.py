@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import CLIPVisionConfig
 
 from fakemerge.errors import InputError
 from fakemerge.io import file_sha256, read_mapping
@@ -211,6 +210,8 @@ def _hf_dir(path: Path) -> Source:
     elif model_type != "clip_vision_model":
         raise InputError(f"{spec}: not a CLIP ViT (config.json model_type is {model_type!r}; expected 'clip' or "
                          "'clip_vision_model')")
+    from transformers import CLIPVisionConfig
+
     with quiet_transformers():
         config = config_to_dict(CLIPVisionConfig.from_dict(raw))
     if any(path.glob("model*.safetensors")):
