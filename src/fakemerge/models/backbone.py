@@ -28,11 +28,9 @@ SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "patch_
 def tiny_config(image_size: int = 64, patch_size: int = 8, hidden_size: int = 128, num_hidden_layers: int = 4,
                 num_attention_heads: int = 4, intermediate_size: int = 512) -> CLIPVisionConfig:
     """The ForgeryLab-sized CLIP ViT (0.83 M parameters at the defaults)."""
-    from transformers import CLIPVisionConfig
-
-    return CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
-                            num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-                            intermediate_size=intermediate_size, projection_dim=hidden_size)
+    return config_from_dict(dict(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
+                                 num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                                 intermediate_size=intermediate_size, projection_dim=hidden_size))
 
 
 def config_to_dict(config: CLIPVisionConfig) -> dict:
@@ -57,9 +55,7 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], source: str) -> dict:
     hidden, channels, p = patch[0], patch[1], patch[2]
     grid = math.isqrt(positions - 1)
     layers = len({k.split(".")[3] for k in shapes if k.startswith(f"{PREFIX}encoder.layers.")})
-    from transformers import CLIPVisionConfig
-
-    config = config_to_dict(CLIPVisionConfig())  # CLIP's own defaults for what shapes cannot tell (act, eps)
+    config = config_to_dict(config_from_dict({}))  # CLIP's own defaults for what shapes cannot tell (act, eps)
     config.update(hidden_size=hidden, intermediate_size=fc1[0], num_hidden_layers=layers,
                   num_attention_heads=max(1, hidden // 64), num_channels=channels, image_size=grid * p,
                   patch_size=p, projection_dim=hidden)
