@@ -67,7 +67,7 @@ def combine(taus: torch.Tensor, *, keep: torch.Tensor | None = None, rescale: to
         merged = taus.abs().max(0).values * sign
     else:
         raise ValueError(f"reduce={reduce!r}")
-    return scaling * merged
+    return merged if scaling == 1.0 else merged.mul_(scaling)  # `merged` is new: scaled in place
 
 
 def per_task(values: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:

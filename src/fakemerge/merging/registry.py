@@ -1,14 +1,15 @@
 """Merge methods as declared units, and the one driver that runs any of them.
 
 A method is a per-tensor function `delta(key, taus, plan, ...) -> Δ` (taus: the N task vectors of one tensor
-stacked N × shape, in the compute dtype) declared with `@merge_method(name, param=Param(...), ...)`: the
-decorator carries every parameter with its default and rule, written once. A method that needs the whole
-model first (TIES' global threshold, R²M's cross-layer Gram) also declares a `prepare(stream, ...)` pass that
-returns a `Plan` (whatever the deltas share, plus its diagnostics). Each function receives exactly what its
-signature names: a delta any of `key`, `taus`, `theta0` (the base tensor), `plan`, `fingerprints` (one
-content hash per row of taus, for seeds that do not depend on the specialists' order), `weights` and
-`densities` (per model, for the methods that define them) and the parameters; a prepare `stream` (the
-`TaskStream`), `grams`, `weights`, `densities` and the parameters.
+stacked N × shape, in the compute dtype; Δ: a new tensor, which the driver turns into θ0 + Δ in place)
+declared with `@merge_method(name, param=Param(...), ...)`: the decorator carries every parameter with its
+default and rule, written once. A method that needs the whole model first (TIES' global threshold, R²M's
+cross-layer Gram) also declares a `prepare(stream, ...)` pass that returns a `Plan` (whatever the deltas
+share, plus its diagnostics). Each function receives exactly what its signature names: a delta any of `key`,
+`taus`, `theta0` (the base tensor), `plan`, `fingerprints` (one content hash per row of taus, for seeds that
+do not depend on the specialists' order), `weights` and `densities` (per model, for the methods that define
+them) and the parameters; a prepare `stream` (the `TaskStream`), `grams`, `weights`, `densities` and the
+parameters.
 
 The driver (`MergeRun`) owns everything else: the per-tensor Gram pass when a prepare names `grams`, the key
 loop in the base's order (keys side by side on the threads, `TaskStream.map`), pass-through of non-float
@@ -212,7 +213,9 @@ class MergeRun:
             gram = key_gram(s, key, theta0, taus) if grams is None else None
             delta = call(method.delta, key=key, taus=taus, theta0=theta0.to(taus.device), plan=plan,
                          fingerprints=s.fingerprints, **offered).cpu()
-            return (theta0.to(delta.dtype) + delta).to(theta0.dtype), gram
+            if delta._base is not None:  # a view (of what the method keeps): θ0 is added into a tensor of our own
+                delta = delta.clone()
+            return delta.add_(theta0).to(theta0.dtype), gram  # in place: a fresh tensor per key costs page faults
 
         total = torch.zeros(s.n, s.n, dtype=torch.float64)
         if grams is not None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
 import torch
 
@@ -24,7 +23,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # auto: area when shrinking, bicubic when enlarging (what fakemerge models are trained with);
 # center_crop: no interpolation — images smaller than `size` are tiled, then the centre size×size is cut
 # (Effort's GenImage/Chameleon test transform; it tiles below 256 px, which differs only for 224–255 px).
-RESIZE_MODES = {"auto": None, "bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA,
+# (cv2 interpolation names: cv2 is imported when an image is resized, not by every user of a model's metadata.)
+RESIZE_MODES = {"auto": None, "bicubic": "INTER_CUBIC", "bilinear": "INTER_LINEAR", "area": "INTER_AREA",
                 "center_crop": None}
 HALF = (0.5, 0.5, 0.5)
 
@@ -120,10 +120,10 @@ def to_input(image_rgb: np.ndarray, prep: Preprocessing) -> np.ndarray:
     if prep.resize == "center_crop":
         image_rgb = _tile_center_crop(image_rgb, size)
     elif (h, w) != (size, size):
-        interp = RESIZE_MODES[prep.resize]
-        if interp is None:
-            interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_CUBIC
-        image_rgb = cv2.resize(image_rgb, (size, size), interpolation=interp)
+        import cv2
+
+        name = RESIZE_MODES[prep.resize] or ("INTER_AREA" if min(h, w) > size else "INTER_CUBIC")
+        image_rgb = cv2.resize(image_rgb, (size, size), interpolation=getattr(cv2, name))
     mean, std = np.asarray(prep.mean, np.float32), np.asarray(prep.std, np.float32)
     x = (image_rgb.astype(np.float32) / 255.0 - mean) / std
     return np.ascontiguousarray(x.transpose(2, 0, 1))
