@@ -15,7 +15,8 @@ inputs hashed as they are read, streamed write). Reported in one run, as ratios:
   ViT-B/16 and ViT-L/14 shapes, and whether merging the specialists in reverse order gives the same bytes.
 Process times are wall-clock seconds of the whole process (imports included, as a user pays them); `work`
 is the time inside `merge_files`. The machine's load is printed: other processes make every time noisy,
-the ratios of one run less so.
+the ratios of one run less so; each ViT-B/16 and FusionBench row is the median of `--repeats` runs (page
+cache warmed first).
 
     python benchmarks/merge_bench.py                          # everything (~15 min on 2 busy cores)
     python benchmarks/merge_bench.py --methods average r2m --no-large --fusionbench /tmp/fbvenv/bin/python
@@ -29,6 +30,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -251,6 +253,15 @@ def run_child(args: argparse.Namespace, kind: str, python: str = sys.executable,
     return {**result, "seconds": wall, "cpu_s": cpu}
 
 
+def run_median(args: argparse.Namespace, kind: str, python: str = sys.executable, **fields) -> dict:
+    """`run_child` `--repeats` times back to back; each number is the median over the runs (a run slowed by
+    another process on the machine does not set the row), `runs` lists every run's wall time."""
+    runs = [run_child(args, kind, python, **fields) for _ in range(args.repeats)]
+    numeric = [k for k, v in runs[0].items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    return {**runs[-1], **{k: statistics.median(r[k] for r in runs) for k in numeric},
+            "runs": [round(r["seconds"], 2) for r in runs]}
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
@@ -282,6 +293,7 @@ def main() -> None:
     p.add_argument("--large-methods", nargs="+", default=["r2m", "cart"], help="methods run at ViT-L/14")
     p.add_argument("--fusionbench", help="python of a venv with fusion_bench: run it side by side")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--repeats", type=int, default=3, help="runs per ViT-B/16 and FusionBench row (median)")
     p.add_argument("--child", choices=["merge", "floor", "floor_fast_exit", "fusionbench", "truncations"],
                    help=argparse.SUPPRESS)
     for hidden in ("--method", "--base", "--out", "--add-from"):
@@ -303,11 +315,13 @@ def main() -> None:
     base, specs = make_files(args.workdir / "vit_b16", "ViT-B/16", args.specialists)
     size_mb = specs[0].stat().st_size / 2**20
     out = args.workdir / "out.safetensors"
-    rows: dict[str, dict] = {"IO floor": run_child(args, "floor", base=base, specs=specs, out=out),
-                             "floor, fast exit": run_child(args, "floor_fast_exit", base=base, specs=specs, out=out)}
+    subprocess.run(["cat", str(base), *map(str, specs)], stdout=subprocess.DEVNULL, check=True)  # page cache warm
+    rows: dict[str, dict] = {"IO floor": run_median(args, "floor", base=base, specs=specs, out=out),
+                             "floor, fast exit": run_median(args, "floor_fast_exit", base=base, specs=specs,
+                                                            out=out)}
     for m in methods:
         out_m = args.workdir / f"out-{m}.safetensors"
-        rows[m] = run_child(args, "merge", method=m, base=base, specs=specs, out=out_m)
+        rows[m] = run_median(args, "merge", method=m, base=base, specs=specs, out=out_m)
         print(f"  {m}: {rows[m]['seconds']:.1f} s ({load()})", flush=True)
     for m in [m for m in ("r2m", "cart", "dare") if m in methods]:  # the randomized ones at real size
         reverse = args.workdir / f"out-{m}-reversed.safetensors"
@@ -325,7 +339,8 @@ def main() -> None:
         r["x floor"], r["x avg"] = r["seconds"] / floor["seconds"], r["seconds"] / avg["seconds"]
         r["work x floor"], r["work x avg"] = r["work"] / floor["work"], r["work"] / avg["work"]
         r["rss x avg"] = r["peak_rss_mb"] / avg["peak_rss_mb"]
-    table(f"{args.specialists} ViT-B/16 specialists ({size_mb:.0f} MB each), one run, {load()}", rows,
+    table(f"{args.specialists} ViT-B/16 specialists ({size_mb:.0f} MB each), median of {args.repeats} runs, "
+          f"{load()}", rows,
           [("seconds", "seconds", ".2f"), ("× floor", "x floor", ".2f"), ("× avg", "x avg", ".2f"),
            ("work s", "work", ".2f"), ("work×floor", "work x floor", ".2f"), ("work×avg", "work x avg", ".2f"),
            ("cpu s", "cpu_s", ".1f"), ("peak MB", "peak_rss_mb", ".0f"), ("MB × avg", "rss x avg", ".2f")])
@@ -341,7 +356,7 @@ def main() -> None:
     peers: dict[str, dict] = {}
     if args.fusionbench:
         for m in [m for m in FUSIONBENCH if m in methods]:
-            peers[m] = run_child(args, "fusionbench", python=args.fusionbench, method=m, base=base, specs=specs,
+            peers[m] = run_median(args, "fusionbench", python=args.fusionbench, method=m, base=base, specs=specs,
                                  out=args.workdir / f"out-{m}.safetensors")
             peers[m]["ours s"] = rows[m]["seconds"]
             peers[m]["ours / fb"] = rows[m]["seconds"] / peers[m]["seconds"]

@@ -152,3 +152,23 @@ def test_dtype_device_and_formula_on_the_command_line(tiny_base, specs, tmp_path
     assert read_meta(out).recipe["dtype"] == "bfloat16" and "device" not in read_meta(out).recipe
     assert run("merge", "-m", "average", "--base", tiny_base, *specs[:2], "-o", out, "--device", "tpu") == 2
     assert "device 'tpu'" in capsys.readouterr().err
+
+
+def test_a_command_imports_only_its_own_module_and_help_lists_every_command():
+    """`fakemerge merge` registers (imports) the merge command alone; `--help` still lists them all."""
+    import subprocess
+    import sys
+
+    from fakemerge.cli import COMMANDS
+
+    code = ("import sys; from fakemerge.cli import main\n"
+            "try:\n    main(['merge', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('fakemerge.cli.')))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    imported = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 -- our own child's printed list
+    assert "fakemerge.cli.merge" in imported
+    assert not [m for m in imported if m.rsplit(".", 1)[1] in set(COMMANDS.values()) - {"merge"}], imported
+    listed = subprocess.run([sys.executable, "-m", "fakemerge", "--help"], capture_output=True, text=True,
+                            env=env, check=True).stdout
+    assert all(f" {command} " in listed for command in COMMANDS)

@@ -112,9 +112,13 @@ def test_streamed_ties_thresholds_equal_kthvalue_over_the_whole_model(dtypes):
             assert got[c] == (mags.kthvalue(k).values.item() if k >= 1 else 0.0)
 
 
+@pytest.mark.parametrize("block", [None, 7])
 @pytest.mark.parametrize("merge_func", ["sum", "mean", "max"])
-def test_ties_equals_the_flattened_model_reference(merge_func):
-    """FusionBench's TIES literally: the whole model as one vector per task, kthvalue, elect, disjoint merge."""
+def test_ties_equals_the_flattened_model_reference(merge_func, block, monkeypatch):
+    """FusionBench's TIES literally: the whole model as one vector per task, kthvalue, elect, disjoint merge;
+    also with the thresholds, votes and merge run in blocks of 7 entries (every tensor split, unevenly)."""
+    if block is not None:
+        monkeypatch.setattr("fakemerge.merging.elementwise.BLOCK", block)
     base = random_model(0)
     specs = specialists_of(base, 3)
     keys = sorted(base)

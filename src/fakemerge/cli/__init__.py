@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import importlib
 import os
 import sys
 
@@ -26,11 +27,22 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     _state["debug"] = debug
 
 
-def _register() -> None:
-    from fakemerge.cli import calibrate, demo, detect, evaluate, export, faces, importer, lab, merge, serve, train
+# command → the module that registers it, in the order `--help` lists them
+COMMANDS = {"lab": "lab", "faces": "faces", "train": "train", "merge": "merge", "import": "importer",
+            "export": "export", "info": "export", "calibrate": "calibrate", "eval": "evaluate", "detect": "detect",
+            "serve": "serve", "demo": "demo"}
+_registered: set[str] = set()
 
-    for module in (lab, faces, train, merge, importer, export, calibrate, evaluate, detect, serve, demo):
-        module.register(app)
+
+def _register(argv: list[str]) -> None:
+    """Register the named command's module only (each pulls in its own library, ~0.3 s for all of them);
+    every module when no known command is named, so `--help` and a misspelt command list them all."""
+    named = next((a for a in argv if not a.startswith("-")), None)
+    wanted = [COMMANDS[named]] if named in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for name in wanted:
+        if name not in _registered:
+            importlib.import_module(f"fakemerge.cli.{name}").register(app)
+            _registered.add(name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     if not _state["fast_exit"]:
         atexit.register(gc.freeze)
         _state["fast_exit"] = True
-    _register()
+    _register(sys.argv[1:] if argv is None else list(argv))
     try:
         app(args=argv, standalone_mode=False)
     except FakemergeError as e:

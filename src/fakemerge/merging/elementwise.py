@@ -5,7 +5,8 @@
 arithmetic = scaling · Σ τi (a sum: scaling = 1/N is the average); TIES = keep each task's top `density`
 entries over the whole model, elect a sign per entry, combine the agreeing entries; DARE = drop entries at
 random (kept ones rescaled by 1/(1 − p)), then the sum. Semantics follow FusionBench 0.2.33. Memory: base + N
-tensors of one key (TIES' threshold passes add 2^16 counts per task).
+tensors of one key (TIES' threshold passes add 2^16 counts per task; its trim, vote and merge run `blockwise`,
+so their masks and working copies are of one block of entries, not of N whole tensors).
 
 Per-model weights wi (a recipe's `models: [{model, parameters: {weight}}]`) multiply each sparsified task
 vector: average = Σ wi τi / Σ wi, task arithmetic and DARE = scaling · Σ wi τi', TIES elects signs on the
@@ -68,6 +69,19 @@ def combine(taus: torch.Tensor, *, keep: torch.Tensor | None = None, rescale: to
     else:
         raise ValueError(f"reduce={reduce!r}")
     return merged if scaling == 1.0 else merged.mul_(scaling)  # `merged` is new: scaled in place
+
+
+BLOCK = 1 << 18  # entries per block in `blockwise`: N × 1 MB temporaries, few enough blocks that Python is cheap
+
+
+def blockwise(fn, taus: torch.Tensor) -> torch.Tensor:
+    """`fn` (N × b task-vector entries → b merged entries, every step per entry) over the flattened taus one
+    block of BLOCK entries at a time: the same values as `fn` on the whole tensor, with temporaries of one block."""
+    flat = taus.reshape(taus.shape[0], -1)
+    out = torch.empty(flat.shape[1], dtype=taus.dtype, device=taus.device)
+    for start in range(0, flat.shape[1], BLOCK):
+        out[start:start + BLOCK] = fn(flat[:, start:start + BLOCK])
+    return out.reshape(taus.shape[1:])
 
 
 def per_task(values: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
@@ -151,13 +165,14 @@ def _kth_magnitudes(s: TaskStream, keys: list[str], densities: list[float], wide
             if taus.dtype == torch.float64 and not wide:
                 return None
             flat = taus.to("cpu", dtype).reshape(s.n, -1)
-            counts = []
-            for i in range(s.n):  # one task at a time: temporaries of one task vector, not N
-                bits = flat[i].view(as_int) & sign_off  # |τ|'s bit pattern
-                if level:
-                    bits = bits[(bits >> (shift + 16)) == prefix[i]]
-                counts.append(torch.bincount(((bits >> shift) & 0xFFFF).int(), minlength=1 << 16))
-            return flat.shape[1], torch.cat(counts)
+            counts = torch.zeros(s.n, 1 << 16, dtype=torch.int64)
+            for i in range(s.n):
+                for block in flat[i].split(BLOCK):  # temporaries of one block, not of a task vector
+                    bits = block.view(as_int) & sign_off  # |τ|'s bit pattern
+                    if level:
+                        bits = bits[(bits >> (shift + 16)) == prefix[i]]
+                    counts[i] += torch.bincount(((bits >> shift) & 0xFFFF).int(), minlength=1 << 16)
+            return flat.shape[1], counts.reshape(-1)
 
         for _, found in s.map(f"ties: thresholds {level + 1}/{bits // 16}", keys, histogram):
             if found is None:
@@ -182,7 +197,8 @@ def prepare_ties(stream: TaskStream, weights: list[float] | None, densities: lis
     elected_total = 0
 
     def elected(key: str, theta0: torch.Tensor, taus: torch.Tensor) -> int:
-        return int(torch.sign(combine(taus, keep=trim.keep(taus), weights=weights, reduce="sum")).sum().item())
+        trimmed = blockwise(lambda block: combine(block, keep=trim.keep(block), weights=weights, reduce="sum"), taus)
+        return int(torch.sign(trimmed).sum().item())
 
     for _, votes in stream.map("ties: signs", stream.float_keys(), elected):
         elected_total += votes
@@ -203,8 +219,8 @@ def ties(taus: torch.Tensor, plan: TiesPlan, weights: list[float] | None, scalin
     the agreeing entries disjointly (ties_sum, ties_mean over the agreeing tasks, ties_max: the largest
     magnitude), × scaling."""
     reduce = {"sum": "sum", "mean": "disjoint_mean", "max": "max"}[merge_func]
-    return combine(taus, keep=plan.keep(taus), weights=weights, majority=plan.majority, reduce=reduce,
-                   scaling=scaling)
+    return blockwise(lambda block: combine(block, keep=plan.keep(block), weights=weights, majority=plan.majority,
+                                           reduce=reduce, scaling=scaling), taus)
 
 
 def _dare_formula(p: dict, n: int, weights: list[float] | None, densities: list | None) -> str:
