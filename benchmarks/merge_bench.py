@@ -246,6 +246,9 @@ def run_child(args: argparse.Namespace, kind: str, python: str = sys.executable,
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode and kind == "fusionbench":  # the peer's own failure is a finding, not the end of the run
+        lines = [line.strip(" │") for line in done.stderr.strip().splitlines() if line.strip(" │╰─╯")]
+        return {"failed": " ".join(lines[-3:])[:300], "seconds": wall}
     if done.returncode:
         raise SystemExit(f"{kind} {fields.get('method', '')} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -257,6 +260,8 @@ def run_median(args: argparse.Namespace, kind: str, python: str = sys.executable
     """`run_child` `--repeats` times back to back; each number is the median over the runs (a run slowed by
     another process on the machine does not set the row), `runs` lists every run's wall time."""
     runs = [run_child(args, kind, python, **fields) for _ in range(args.repeats)]
+    if any("failed" in r for r in runs):
+        return next(r for r in runs if "failed" in r)
     numeric = [k for k, v in runs[0].items() if isinstance(v, int | float) and not isinstance(v, bool)]
     return {**runs[-1], **{k: statistics.median(r[k] for r in runs) for k in numeric},
             "runs": [round(r["seconds"], 2) for r in runs]}
@@ -359,10 +364,13 @@ def main() -> None:
             peers[m] = run_median(args, "fusionbench", python=args.fusionbench, method=m, base=base, specs=specs,
                                  out=args.workdir / f"out-{m}.safetensors")
             peers[m]["ours s"] = rows[m]["seconds"]
+            if "failed" in peers[m]:
+                print(f"  fusionbench {m} failed: {peers[m]['failed']}", flush=True)
+                continue
             peers[m]["ours / fb"] = rows[m]["seconds"] / peers[m]["seconds"]
             peers[m]["ours / fb work"] = rows[m]["work"] / peers[m]["work"]
             print(f"  fusionbench {m}: {peers[m]['seconds']:.1f} s ({load()})", flush=True)
-        if "tsv" in peers and "r2m" in rows:
+        if "tsv" in peers and "failed" not in peers["tsv"] and "r2m" in rows:
             peers["r2m vs fb tsv"] = {"ours s": rows["r2m"]["seconds"], "seconds": peers["tsv"]["seconds"],
                                       "ours / fb": rows["r2m"]["seconds"] / peers["tsv"]["seconds"],
                                       "ours / fb work": rows["r2m"]["work"] / peers["tsv"]["work"]}
