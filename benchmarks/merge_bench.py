@@ -366,6 +366,7 @@ def main() -> None:
             peers[m]["ours s"] = rows[m]["seconds"]
             if "failed" in peers[m]:
                 print(f"  fusionbench {m} failed: {peers[m]['failed']}", flush=True)
+                peers[m]["seconds until it failed"] = peers[m].pop("seconds")  # no time for the table
                 continue
             peers[m]["ours / fb"] = rows[m]["seconds"] / peers[m]["seconds"]
             peers[m]["ours / fb work"] = rows[m]["work"] / peers[m]["work"]
