@@ -9,7 +9,7 @@ import torch
 
 from fakemerge.errors import InputError
 from fakemerge.merging import METHODS, merge, merge_iter, method_defaults
-from fakemerge.merging.elementwise import ties_thresholds
+from fakemerge.merging.elementwise import keep_mask, ties_thresholds
 from fakemerge.merging.streams import TaskStream
 
 FC = "encoder.layers.0.mlp.fc1.weight"
@@ -137,6 +137,20 @@ def test_ties_equals_the_flattened_model_reference(merge_func, block, monkeypatc
         n = base[key].numel()
         assert torch.equal(out[key], base[key] + 0.5 * merged[i:i + n].reshape(base[key].shape)), key
         i += n
+
+
+def test_dare_keep_mask_drops_each_entry_independently_with_the_asked_probability():
+    n, p = 1_000_001, 0.3  # odd: the last 64-bit word is half used
+    a, b = keep_mask(torch.Size([n]), p, 11), keep_mask(torch.Size([n]), p, 12)
+    assert a.dtype == torch.bool and a.shape == (n,)
+    assert torch.equal(a, keep_mask(torch.Size([n]), p, 11)) and not torch.equal(a, b)
+    tol = 5 * math.sqrt(p * (1 - p) / (n // 2))  # five standard deviations of a half's drop rate
+    for part in (a[0::2], a[1::2], a[: n // 2], a[n // 2:]):  # both halves of each word, both ends of the stream
+        assert abs(float((~part).float().mean()) - p) < tol
+    assert abs(float((~a & ~b).float().mean()) - p * p) < tol  # two seeds: independent masks
+    assert abs(float((~a[:-1] & ~a[1:]).float().mean()) - p * p) < tol  # neighbours: independent
+    assert bool(keep_mask(torch.Size([4, 5]), 0.0, 0).all()) and keep_mask(torch.Size([4, 5]), 0.0, 0).shape == (4, 5)
+    assert float(keep_mask(torch.Size([n]), 1 - 1e-12, 0).float().mean()) < 1e-5
 
 
 def test_dare_masks_are_seeded_rescaled_and_independent_of_key_order():

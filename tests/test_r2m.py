@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fakemerge.keys import is_bias_or_norm, is_linear_weight
-from fakemerge.merging import merge, merge_iter, r2m
+from fakemerge.merging import lowrank, merge, merge_iter, r2m
 from fakemerge.merging.lowrank import truncated_svd, truncation_rank
 
 SHAPES = {
@@ -274,3 +274,21 @@ def test_truncated_svd_modes(shape, rank):
     again = truncated_svd(a, rank, seed=1, svd="randomized")
     assert torch.equal(left, again[0]) and torch.equal(right, again[1])
     assert float((a - left @ right).norm()) < 1.01 * float((a - best).norm())
+
+
+@pytest.mark.parametrize("shape", [(120, 300), (300, 120)])
+def test_randomized_truncation_is_the_plain_subspace_iteration(shape):
+    """Against a float64 subspace iteration written as in Halko et al., from the same seeded sketch: pins the
+    power iterations, the oversampling and the side it runs on, whatever order the products are taken in."""
+    a = torch.randn(shape, generator=torch.Generator().manual_seed(6))
+    rank, seed = 12, 3
+    left, right = truncated_svd(a, rank, seed=seed, svd="randomized")
+    x = (a if shape[0] <= shape[1] else a.T).double()
+    omega = torch.randn(x.shape[1], rank + lowrank.OVERSAMPLE, generator=torch.Generator().manual_seed(seed))
+    q = torch.linalg.qr(x @ omega.double()).Q
+    for _ in range(lowrank.POWER_ITERATIONS):
+        q = torch.linalg.qr(x @ (x.T @ q)).Q
+    u, _, _ = torch.linalg.svd(q.T @ x, full_matrices=False)
+    reference = q @ u[:, :rank] @ u[:, :rank].T @ q.T @ x
+    reference = reference if shape[0] <= shape[1] else reference.T
+    assert torch.allclose((left @ right).double(), reference, atol=1e-4 * float(reference.abs().max()))

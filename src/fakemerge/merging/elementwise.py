@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fakemerge.errors import InputError
@@ -31,20 +32,20 @@ FUSIONBENCH = {"scaling_factor": "scaling"}  # FusionBench's name for the scalin
 
 def combine(taus: torch.Tensor, *, keep: torch.Tensor | None = None, rescale: torch.Tensor | float | None = None,
             weights: list[float] | None = None, majority: float | None = None, reduce: str = "sum",
-            scaling: float = 1.0) -> torch.Tensor:
+            scaling: float = 1.0, inplace: bool = False) -> torch.Tensor:
     """The generalized task arithmetic of N stacked task vectors (N × shape).
 
     keep: entries to keep (the rest become 0); rescale: divide the kept entries by it (one value, or one per
     task as N × 1 …); weights: multiply task i by wi; majority: elect a sign per entry (sign of the sum,
     `majority` where the sum is 0) and keep only entries of that sign; reduce: sum | mean (over all N;
     weighted: Σ wi τi / Σ wi) | disjoint_mean (over the entries kept; weighted: divided by their weights) |
-    max (largest magnitude × sign).
+    max (largest magnitude × sign); inplace: taus may be changed (the driver's scratch stack), saving a copy.
     """
     w = None if weights is None else per_task(torch.tensor(weights, dtype=taus.dtype, device=taus.device), taus)
-    if keep is not None or rescale is not None or w is not None or majority is not None:
+    if not inplace and (keep is not None or rescale is not None or w is not None or majority is not None):
         taus = taus.clone()  # one working copy, changed in place (N × shape temporaries cost memory and time)
     if keep is not None:
-        taus.masked_fill_(~keep, 0.0)
+        zero_dropped(taus, keep)
     if rescale is not None:
         taus.div_(rescale)
     if w is not None:
@@ -69,6 +70,12 @@ def combine(taus: torch.Tensor, *, keep: torch.Tensor | None = None, rescale: to
     else:
         raise ValueError(f"reduce={reduce!r}")
     return merged if scaling == 1.0 else merged.mul_(scaling)  # `merged` is new: scaled in place
+
+
+def zero_dropped(t: torch.Tensor, keep: torch.Tensor) -> None:
+    """t × keep (bool) in place, through 0/1 in t's dtype: masked_fill_ and products with a bool tensor take
+    4–8× as long on CPU."""
+    t.mul_(keep.view(torch.uint8).to(t.device, t.dtype))
 
 
 BLOCK = 1 << 18  # entries per block in `blockwise`: N × 1 MB temporaries, few enough blocks that Python is cheap
@@ -109,7 +116,7 @@ def _average_formula(p: dict, n: int, weights: list[float] | None, densities: No
 @merge_method("average", formula=_average_formula)
 def average(taus: torch.Tensor, weights: list[float] | None) -> torch.Tensor:
     """Mean of the specialists (the base is not part of the mean); weighted: Σ wi τi / Σ wi."""
-    return combine(taus, weights=weights, reduce="mean")
+    return combine(taus, weights=weights, reduce="mean", inplace=True)
 
 
 def _ta_formula(p: dict, n: int, weights: list[float] | None, densities: None) -> str:
@@ -119,7 +126,7 @@ def _ta_formula(p: dict, n: int, weights: list[float] | None, densities: None) -
 @merge_method("task_arithmetic", formula=_ta_formula, aliases=FUSIONBENCH, scaling=SCALING)
 def task_arithmetic(taus: torch.Tensor, weights: list[float] | None, scaling: float) -> torch.Tensor:
     """θ0 + scaling · Σ wi τi (a sum: scaling = 1/N is the average)."""
-    return combine(taus, weights=weights, scaling=scaling)
+    return combine(taus, weights=weights, scaling=scaling, inplace=True)
 
 
 @dataclass(frozen=True)
@@ -230,6 +237,15 @@ def _dare_formula(p: dict, n: int, weights: list[float] | None, densities: list 
                                                   if p["rescale"] else "")
 
 
+def keep_mask(shape: torch.Size, drop: float, seed: int) -> torch.Tensor:
+    """Keep each entry with probability 1 − drop: one 32-bit word of numpy's PCG64 (seeded) per entry, kept when
+    ≥ drop · 2³² (so P(drop) is within 2⁻³³ of `drop`). Three times faster than torch.rand's floats, and the
+    draws release the GIL, so the key workers draw side by side."""
+    n = shape.numel()
+    words = np.random.PCG64(seed).random_raw((n + 1) // 2).view("<u4")[:n]
+    return torch.from_numpy(words >= np.uint32(min(round(drop * 2**32), 2**32 - 1))).reshape(shape)
+
+
 @merge_method("dare", formula=_dare_formula, aliases={**FUSIONBENCH, "sparsity_ratio": "drop_rate"},
               drop_rate=number(0.5, 0, 1, hi_open=True), seed=integer(0, 0), rescale=flag(True), scaling=SCALING)
 def dare(key: str, taus: torch.Tensor, fingerprints: list[str], weights: list[float] | None,
@@ -239,12 +255,11 @@ def dare(key: str, taus: torch.Tensor, fingerprints: list[str], weights: list[fl
     × 1/(1 − p) if `rescale`), then task arithmetic. The mask of each specialist is seeded by (seed, its
     content, key): the same in any order of the specialists."""
     drops = [drop_rate if d is None else 1 - d for d in densities or [None] * len(taus)]
-    keep = torch.stack([torch.rand(tau.shape, generator=torch.Generator().manual_seed(content_seed(seed, fp, key)),
-                                   dtype=tau.dtype) > p for fp, tau, p in zip(fingerprints, taus, drops, strict=True)])
-    keep = keep.to(taus.device)  # drawn on the CPU: the same masks on every device
+    for fp, tau, p in zip(fingerprints, taus, drops, strict=True):  # one task's mask at a time
+        zero_dropped(tau, keep_mask(tau.shape, p, content_seed(seed, fp, key)))  # drawn on the CPU: any device
     rescale_by = None
     if rescale and densities is None:
         rescale_by = 1 - drop_rate
     elif rescale:
         rescale_by = per_task(1 - torch.tensor(drops, dtype=taus.dtype, device=taus.device), taus)
-    return combine(taus, keep=keep, rescale=rescale_by, weights=weights, scaling=scaling)
+    return combine(taus, rescale=rescale_by, weights=weights, scaling=scaling, inplace=True)

@@ -116,6 +116,15 @@ EXACT_UP_TO = 256  # svd="auto": exact SVD while min(m, n) ≤ this (at 768 it c
 SVD_MODE = choice("auto", "auto", "exact", "randomized")  # the `svd` parameter of the truncating methods
 
 
+def _products(t: torch.Tensor, wide: bool):
+    """x ↦ a x and y ↦ aᵀ y for a = t (wide) or tᵀ (tall), each written so that t is the contiguous operand
+    MKL reads fastest: (yᵀ t)ᵀ equals tᵀ y to the bit on one thread and takes ~0.6× its time."""
+    t = t.contiguous()
+    if wide:
+        return (lambda x: t @ x), (lambda y: (y.T @ t).T)
+    return (lambda x: (x.T @ t).T), (lambda y: t @ y)
+
+
 def truncated_svd(t: torch.Tensor, rank: int, seed: int, svd: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Best rank-`rank` approximation of a matrix as factors (L, R) with L @ R ≈ t.
 
@@ -139,10 +148,11 @@ def truncated_svd(t: torch.Tensor, rank: int, seed: int, svd: str = "auto") -> t
     g = torch.Generator().manual_seed(seed)
     omega = torch.randn(a.shape[1], min(rank + max(OVERSAMPLE, rank // 10), k), generator=g, dtype=a.dtype)
     omega = omega.to(a.device)  # drawn on the CPU: the same sketch on every device
-    basis = torch.linalg.qr(a @ omega).Q
+    times, times_t = _products(t, wide)
+    basis = torch.linalg.qr(times(omega)).Q
     for _ in range(POWER_ITERATIONS):
-        basis = torch.linalg.qr(a @ (a.T @ basis)).Q
-    b = basis.T @ a
+        basis = torch.linalg.qr(times(times_t(basis))).Q
+    b = times_t(basis).T
     b64 = b.double()
     top = torch.linalg.eigh(b64 @ b64.T).eigenvectors[:, -rank:].to(a.dtype)
     left, right = basis @ top, top.T @ b

@@ -1,7 +1,9 @@
 """Merge methods as declared units, and the one driver that runs any of them.
 
 A method is a per-tensor function `delta(key, taus, plan, ...) -> Δ` (taus: the N task vectors of one tensor
-stacked N × shape, in the compute dtype; Δ: a new tensor, which the driver turns into θ0 + Δ in place)
+stacked N × shape, in the compute dtype: the driver's scratch, which the delta may change in place, as the
+driver has taken the key's Gram before and refills it for a later key; Δ: a new tensor, which the driver turns
+into θ0 + Δ in place)
 declared with `@merge_method(name, param=Param(...), ...)`: the decorator carries every parameter with its
 default and rule, written once. A method that needs the whole model first (TIES' global threshold, R²M's
 cross-layer Gram) also declares a `prepare(stream, ...)` pass that returns a `Plan` (whatever the deltas
