@@ -268,7 +268,7 @@ def test_optimizer_option_reproduces_effort_recipe_with_l2_decay():
         assert opt.defaults["weight_decay"] == 5e-4 and opt.defaults["lr"] == 2e-4
         p.grad = torch.zeros_like(p)
         opt.step()
-        moved[name] = float(1 - p[0])
+        moved[name] = float(1 - p.detach()[0])
     assert moved["adam"] == pytest.approx(2e-4, rel=1e-3)
     assert moved["adamw"] == pytest.approx(2e-4 * 5e-4, rel=1e-3)
     for bad in ({"optimizer": "sgd"}, {"weight_decay": -1.0}):
