@@ -144,16 +144,15 @@ def truncated_svd(t: torch.Tensor, rank: int, seed: int, svd: str = "auto") -> t
         u, sv, vh = thin_svd(t)
         return u[:, :rank] * sv[:rank], vh[:rank]
     wide = t.shape[0] <= t.shape[1]
-    a = t if wide else t.T
+    times, times_t = _products(t, wide)  # a = t (wide) or tᵀ (tall): a x and aᵀ y
     g = torch.Generator().manual_seed(seed)
-    omega = torch.randn(a.shape[1], min(rank + max(OVERSAMPLE, rank // 10), k), generator=g, dtype=a.dtype)
-    omega = omega.to(a.device)  # drawn on the CPU: the same sketch on every device
-    times, times_t = _products(t, wide)
+    omega = torch.randn(max(t.shape), min(rank + max(OVERSAMPLE, rank // 10), k), generator=g, dtype=t.dtype)
+    omega = omega.to(t.device)  # drawn on the CPU: the same sketch on every device
     basis = torch.linalg.qr(times(omega)).Q
     for _ in range(POWER_ITERATIONS):
         basis = torch.linalg.qr(times(times_t(basis))).Q
     b = times_t(basis).T
     b64 = b.double()
-    top = torch.linalg.eigh(b64 @ b64.T).eigenvectors[:, -rank:].to(a.dtype)
+    top = torch.linalg.eigh(b64 @ b64.T).eigenvectors[:, -rank:].to(t.dtype)
     left, right = basis @ top, top.T @ b
     return (left, right) if wide else (right.T, left.T)
