@@ -10,9 +10,14 @@ inputs hashed as they are read, streamed write). Reported in one run, as ratios:
 - to FusionBench 0.2.33 on the same files (`--fusionbench PYTHON`: a python that imports fusion_bench; it
   holds every model in memory): TSV-M, Iso-C and Iso-CTS ≤ 0.5× its time, R²M ≤ 0.1× its TSV-M, and the
   parity of our output against its (≤ 1e-4 of the merged update);
+- to its bound: the IO floor plus the seconds spent inside decompositions (torch.linalg's, and our randomized
+  truncations) divided by the threads: what the same arithmetic costs perfectly scheduled. Against
+  FusionBench's time (`bound/fb`) it is the lowest ratio a target can ask of the same decompositions;
 - the `--add` re-merge (3 → 4 specialists from the stored recipe) against the first 4-way merge;
 - R²M and every truncating method at ViT-L/14 size (R²M ≤ 60 s), exact vs randomized truncations at
   ViT-B/16 and ViT-L/14 shapes, and whether merging the specialists in reverse order gives the same bytes.
+`steal %` is the share of the machine's CPU time the hypervisor took during a run (/proc/stat): on a shared
+virtual machine it moves every time, and multi-threaded LAPACK (FusionBench's) more than independent workers.
 Process times are wall-clock seconds of the whole process (imports included, as a user pays them); `work`
 is the time inside `merge_files`. The machine's load is printed: other processes make every time noisy,
 the ratios of one run less so; each ViT-B/16 and FusionBench row is the median of `--repeats` runs (page
@@ -95,10 +100,66 @@ def make_files(directory: Path, size: str, n: int) -> tuple[Path, list[Path]]:
 
 # ---------------------------------------------------------------- the measured processes
 
+DECOMPOSITIONS = ("svd", "svdvals", "qr", "eigh", "eigvalsh")  # torch.linalg's, as every SVD method calls them
+
+
+def time_decompositions(ours: bool) -> dict[str, float]:
+    """Sum the wall seconds that calling threads spend inside torch.linalg's decompositions (and, for ours, in
+    `truncated_svd` as a whole: its thin products are most of a randomized truncation), outermost calls only.
+    Divided by the threads that call them side by side, it is the time no scheduling can save: what a method
+    could reach with the same arithmetic (IO floor + that)."""
+    import threading
+
+    import torch
+
+    spent = {"s": 0.0}
+    depth = threading.local()
+    lock = threading.Lock()
+
+    def timed(fn):
+        def wrapper(*a, **k):
+            if getattr(depth, "n", 0):
+                return fn(*a, **k)
+            depth.n, t0 = 1, time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                depth.n = 0
+                with lock:
+                    spent["s"] += time.perf_counter() - t0
+        return wrapper
+
+    for name in DECOMPOSITIONS:
+        setattr(torch.linalg, name, timed(getattr(torch.linalg, name)))
+    if ours:
+        from fakemerge.merging import lowrank, r2m, svd_methods
+
+        truncate = timed(lowrank.truncated_svd)
+        for module in (lowrank, r2m, svd_methods):  # every module that holds the name
+            module.truncated_svd = truncate
+    return spent
+
+def time_stages() -> dict[str, float]:
+    """Wall seconds of each pass over the stream (`TaskStream.each`: the driver's and a method's own), by stage."""
+    from fakemerge.merging.streams import TaskStream
+
+    seconds: dict[str, float] = {}
+    each = TaskStream.each
+
+    def timed_each(self, stage, keys):
+        t0 = time.perf_counter()
+        yield from each(self, stage, keys)
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+    TaskStream.each = timed_each
+    return seconds
+
+
 def child_merge(args: argparse.Namespace) -> dict:
     """`fakemerge merge` itself, as a user runs it (its imports, checks, bars and atomic write included)."""
     from fakemerge.cli import main
 
+    spent, stages = time_decompositions(ours=True), time_stages()
     argv = ["merge", "--out", args.out, "--device", args.device]
     if args.add_from:
         argv += ["--from", args.add_from, "--add", *args.specs]
@@ -108,7 +169,7 @@ def child_merge(args: argparse.Namespace) -> dict:
             argv += ["--set", f"{k}={v}"]
     t0 = time.perf_counter()
     main(argv)
-    return {"work": time.perf_counter() - t0}
+    return {"work": time.perf_counter() - t0, "linalg": spent["s"], "stages": stages}
 
 
 def child_floor(args: argparse.Namespace) -> dict:
@@ -144,6 +205,7 @@ def child_fusionbench(args: argparse.Namespace) -> dict:
     from fakemerge.keys import PREFIX, canonical, strip_prefix
 
     torch.set_num_threads(args.threads)
+    spent = time_decompositions(ours=False)
     t0 = time.perf_counter()
     base = {k: v for k, v in load_file(args.base).items() if not k.startswith("head.")}
     models = [{k: v for k, v in load_file(p).items() if not k.startswith("head.")} for p in args.specs]
@@ -187,7 +249,7 @@ def child_fusionbench(args: argparse.Namespace) -> dict:
     worst, worst_key = max((float((ours[k].double() - v.double()).norm()
                                   / (v.double() - base[k].double()).norm().clamp_min(1e-30)), k)
                            for k, v in merged.items())
-    return {"work": seconds, "load": loaded - t0, "parity": worst, "parity_key": worst_key}
+    return {"work": seconds, "load": loaded - t0, "linalg": spent["s"], "parity": worst, "parity_key": worst_key}
 
 
 def child_truncations(args: argparse.Namespace) -> dict:
@@ -233,6 +295,16 @@ def same_bytes(a: Path, b: Path) -> bool:
 
 # ---------------------------------------------------------------- the parent
 
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat ((0, 0) where there is none)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
 def run_child(args: argparse.Namespace, kind: str, python: str = sys.executable, **fields) -> dict:
     cmd = [python, __file__, "--child", kind, "--threads", str(args.threads), "--device", args.device]
     for k, v in fields.items():
@@ -241,19 +313,20 @@ def run_child(args: argparse.Namespace, kind: str, python: str = sys.executable,
         cmd += [f"--{k.replace('_', '-')}", *(map(str, v) if isinstance(v, list) else [str(v)])]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, ticks = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_ticks()
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after, (steal, total) = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_ticks()
+    steal_pct = 100 * (steal - ticks[0]) / max(total - ticks[1], 1)
     if done.returncode and kind == "fusionbench":  # the peer's own failure is a finding, not the end of the run
         lines = [line.strip(" │") for line in done.stderr.strip().splitlines() if line.strip(" │╰─╯")]
-        return {"failed": " ".join(lines[-3:])[:300], "seconds": wall}
+        return {"failed": " ".join(lines[-3:])[:300], "seconds": wall, "steal %": steal_pct}
     if done.returncode:
         raise SystemExit(f"{kind} {fields.get('method', '')} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {**result, "seconds": wall, "cpu_s": cpu}
+    return {**result, "seconds": wall, "cpu_s": cpu, "steal %": steal_pct}
 
 
 def run_median(args: argparse.Namespace, kind: str, python: str = sys.executable, **fields) -> dict:
@@ -344,12 +417,23 @@ def main() -> None:
         r["x floor"], r["x avg"] = r["seconds"] / floor["seconds"], r["seconds"] / avg["seconds"]
         r["work x floor"], r["work x avg"] = r["work"] / floor["work"], r["work"] / avg["work"]
         r["rss x avg"] = r["peak_rss_mb"] / avg["peak_rss_mb"]
+        r["bound"] = floor["seconds"] + r.get("linalg", 0.0) / args.threads
+        r["x bound"] = r["seconds"] / r["bound"]
     table(f"{args.specialists} ViT-B/16 specialists ({size_mb:.0f} MB each), median of {args.repeats} runs, "
           f"{load()}", rows,
           [("seconds", "seconds", ".2f"), ("× floor", "x floor", ".2f"), ("× avg", "x avg", ".2f"),
            ("work s", "work", ".2f"), ("work×floor", "work x floor", ".2f"), ("work×avg", "work x avg", ".2f"),
-           ("cpu s", "cpu_s", ".1f"), ("peak MB", "peak_rss_mb", ".0f"), ("MB × avg", "rss x avg", ".2f")])
+           ("cpu s", "cpu_s", ".1f"), ("linalg s", "linalg", ".1f"), ("bound s", "bound", ".2f"),
+           ("× bound", "x bound", ".2f"), ("peak MB", "peak_rss_mb", ".0f"), ("MB × avg", "rss x avg", ".2f"),
+           ("steal %", "steal %", ".0f")])
     print("targets: average/task_arithmetic/dare ≤ 1.5× floor; r2m ≤ 2× average; ties memory ≤ 1.2× average")
+    print(f"linalg s: seconds inside decompositions and truncations, summed over threads; bound = IO floor + "
+          f"linalg / {args.threads} threads (the same arithmetic, perfectly scheduled)")
+    for name, r in rows.items():
+        if len(r.get("stages", {})) > 1:  # the passes of a multi-pass method, in seconds
+            passes = ", ".join(f"{stage} {sec:.2f}" for stage, sec in r["stages"].items())
+            print(f"{name} passes (s, last run): {passes}; linalg / {args.threads}: "
+                  f"{r['linalg'] / args.threads:.2f}")
     for name in ("r2m", "cart", "dare"):
         if "reversed order: same bytes" in rows.get(name, {}):
             print(f"{name}: specialists in reverse order give the same bytes: "
@@ -370,16 +454,21 @@ def main() -> None:
                 continue
             peers[m]["ours / fb"] = rows[m]["seconds"] / peers[m]["seconds"]
             peers[m]["ours / fb work"] = rows[m]["work"] / peers[m]["work"]
+            peers[m]["bound / fb"] = rows[m]["bound"] / peers[m]["seconds"]
             print(f"  fusionbench {m}: {peers[m]['seconds']:.1f} s ({load()})", flush=True)
         if "tsv" in peers and "failed" not in peers["tsv"] and "r2m" in rows:
             peers["r2m vs fb tsv"] = {"ours s": rows["r2m"]["seconds"], "seconds": peers["tsv"]["seconds"],
                                       "ours / fb": rows["r2m"]["seconds"] / peers["tsv"]["seconds"],
-                                      "ours / fb work": rows["r2m"]["work"] / peers["tsv"]["work"]}
+                                      "ours / fb work": rows["r2m"]["work"] / peers["tsv"]["work"],
+                                      "bound / fb": rows["r2m"]["bound"] / peers["tsv"]["seconds"]}
         table(f"FusionBench 0.2.33 on the same files (process seconds; fb work = its merge only, {load()})", peers,
               [("fb s", "seconds", ".1f"), ("fb work", "work", ".1f"), ("fb MB", "peak_rss_mb", ".0f"),
                ("ours s", "ours s", ".1f"), ("ours/fb", "ours / fb", ".2f"),
-               ("work/work", "ours / fb work", ".2f"), ("parity", "parity", ".1e")])
+               ("work/work", "ours / fb work", ".2f"), ("fb linalg", "linalg", ".1f"),
+               ("bound/fb", "bound / fb", ".2f"), ("parity", "parity", ".1e"), ("fb steal %", "steal %", ".0f")])
         print("targets: tsv, iso_c, iso_cts ≤ 0.5× FusionBench; r2m ≤ 0.1× FusionBench's tsv; parity ≤ 1e-4")
+        print("bound/fb: our bound (above) over FusionBench's seconds: the lowest ratio the same decompositions "
+              "allow on these threads")
         for m, r in peers.items():
             if r.get("parity_key"):
                 print(f"{m}: worst tensor {r['parity_key']}")
@@ -393,7 +482,7 @@ def main() -> None:
             print(f"  ViT-L/14 {m}: {large[m]['seconds']:.1f} s ({load()})", flush=True)
         table(f"{args.specialists} ViT-L/14 specialists, one run ({load()})", large,
               [("seconds", "seconds", ".1f"), ("work s", "work", ".1f"), ("× avg", "x avg", ".2f"),
-               ("peak MB", "peak_rss_mb", ".0f")])
+               ("peak MB", "peak_rss_mb", ".0f"), ("steal %", "steal %", ".0f")])
         print("target: r2m at ViT-L/14 ≤ 60 s")
     truncations = run_child(args, "truncations")["rows"]
     print(f"\nexact vs randomized truncation (svd=exact|randomized; residuals with a decaying-then-flat spectrum; "

@@ -9,7 +9,7 @@ import torch
 
 from fakemerge.errors import InputError
 from fakemerge.merging import METHODS, merge, merge_iter, method_defaults
-from fakemerge.merging.elementwise import keep_mask, ties_thresholds
+from fakemerge.merging.elementwise import keep_mask, ties_thresholds, zero_dropped
 from fakemerge.merging.streams import TaskStream
 
 FC = "encoder.layers.0.mlp.fc1.weight"
@@ -137,6 +137,26 @@ def test_ties_equals_the_flattened_model_reference(merge_func, block, monkeypatc
         n = base[key].numel()
         assert torch.equal(out[key], base[key] + 0.5 * merged[i:i + n].reshape(base[key].shape)), key
         i += n
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_zero_dropped_is_the_0_1_product_to_the_bit(dtype):
+    """Signed zeros, NaN and inf as the product gives them (a fill with +0 differs in the sign bit), on a
+    strided view too; bfloat16 takes torch's path, the others numpy's."""
+    g = torch.Generator().manual_seed(3)
+    t = torch.randn(3, 40, 30, generator=g).to(dtype)
+    t[0, 0, :4] = torch.tensor([float("nan"), float("inf"), -0.0, -1.0])
+    keep = torch.rand(3, 40, 30, generator=g) > 0.4
+    keep[0, 0, :4] = torch.tensor([False, False, False, False])
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}[dtype]
+    for view in (lambda x: x, lambda x: x.transpose(1, 2)):
+        got, want = view(t.clone()), view(t.clone())
+        zero_dropped(got, view(keep))
+        want.mul_(view(keep).to(dtype))
+        assert torch.equal(got.contiguous().view(bits), want.contiguous().view(bits))
+    plain = t.clone()
+    zero_dropped(plain, keep)
+    assert torch.isnan(plain[0, 0, :2]).all() and plain[0, 0, 3] == 0 and math.copysign(1, plain[0, 0, 3]) < 0
 
 
 def test_dare_keep_mask_drops_each_entry_independently_with_the_asked_probability():

@@ -190,6 +190,16 @@ def test_randomized_truncation_is_seeded_and_near_optimal():
     assert float((a - left @ right).norm()) < 1.01 * best
 
 
+@pytest.mark.parametrize("shape", [(4, 9), (9, 4)])
+def test_full_rank_truncation_factors_do_not_share_the_input_memory(shape):
+    """R²M's residuals live in a scratch buffer reused for the next key: a factor that viewed it would change."""
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    left, right = truncated_svd(t, 4, seed=0)
+    product = left @ right
+    t.fill_(7.0)
+    assert torch.equal(left @ right, product)
+
+
 def test_auto_rank_keeps_the_requested_energy():
     spectrum = torch.tensor([3.0, 2.0, 1.0, 0.5])  # energies 9, 4, 1, .25 of 14.25
     assert [r2m._energy_rank(spectrum, e) for e in (0.5, 0.9, 0.95, 1.0)] == [1, 2, 3, 4]

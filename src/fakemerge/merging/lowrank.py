@@ -126,7 +126,8 @@ def _products(t: torch.Tensor, wide: bool):
 
 
 def truncated_svd(t: torch.Tensor, rank: int, seed: int, svd: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Best rank-`rank` approximation of a matrix as factors (L, R) with L @ R ≈ t.
+    """Best rank-`rank` approximation of a matrix as factors (L, R) with L @ R ≈ t, never views of t (callers
+    may reuse its memory).
 
     `svd="exact"`: from the full SVD. `"randomized"`: a seeded randomized subspace iteration (Halko et al.:
     POWER_ITERATIONS passes, max(OVERSAMPLE, rank // 10) extra directions) in the smaller of the two spaces,
@@ -138,8 +139,8 @@ def truncated_svd(t: torch.Tensor, rank: int, seed: int, svd: str = "auto") -> t
     """
     k = min(t.shape)
     if rank >= k:
-        return (t, torch.eye(t.shape[1], dtype=t.dtype, device=t.device)) if t.shape[0] <= t.shape[1] else \
-            (torch.eye(t.shape[0], dtype=t.dtype, device=t.device), t)
+        return (t.clone(), torch.eye(t.shape[1], dtype=t.dtype, device=t.device)) if t.shape[0] <= t.shape[1] \
+            else (torch.eye(t.shape[0], dtype=t.dtype, device=t.device), t.clone())
     if svd == "exact" or (svd == "auto" and (k <= EXACT_UP_TO or 4 * rank > k)):
         u, sv, vh = thin_svd(t)
         return u[:, :rank] * sv[:rank], vh[:rank]

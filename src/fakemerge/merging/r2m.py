@@ -33,6 +33,7 @@ flat spectra.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -123,6 +124,7 @@ class Coefficients:
     def __post_init__(self):
         self.mean = torch.full((self.n,), 1.0 / self.n, dtype=torch.float64)
         self.res_plain = torch.eye(self.n, dtype=torch.float64) - self.mean[None, :]
+        self.scratch: dict[tuple, torch.Tensor] = {}  # residual buffers by (thread, size): `residuals`
 
     def core_weights(self, key: str) -> torch.Tensor:
         return self.mean if is_bias_or_norm(key) else self.w_core
@@ -132,9 +134,18 @@ class Coefficients:
         return self.res_plain if is_bias_or_norm(key) else self.res_core
 
     def residuals(self, key: str, taus: torch.Tensor) -> torch.Tensor:
-        """The N residuals of one key as an N × P matrix, in the task vectors' dtype."""
+        """The N residuals of one key as an N × P matrix, in the task vectors' dtype, written into this thread's
+        scratch buffer for that size (a fresh one per key costs 3× the product itself in page faults): valid
+        until this thread's next call for the same size, or `release_scratch`."""
         flat = taus.reshape(self.n, -1)
-        return self.residual_weights(key).to(flat) @ flat
+        spot = (threading.get_ident(), flat.shape, flat.dtype, flat.device)
+        buffer = self.scratch.get(spot)
+        if buffer is None:
+            buffer = self.scratch[spot] = torch.empty_like(flat)
+        return torch.matmul(self.residual_weights(key).to(flat), flat, out=buffer)
+
+    def release_scratch(self) -> None:
+        self.scratch.clear()
 
     def truncated(self, key: str, taus: torch.Tensor) -> Factors:
         """Factors of the N truncated residuals of one linear weight."""
@@ -215,6 +226,7 @@ def prepare_r2m(stream: TaskStream, grams: dict[str, torch.Tensor], weights: lis
                 cached_bytes += size
         res_gram += gram
         layer_norms[key] = gram.diagonal().clamp_min(0).sqrt().tolist()
+    coef.release_scratch()  # the merge pass needs buffers only for keys whose factors were not cached
     task_sq = sum(grams.values(), torch.zeros(n, n, dtype=torch.float64)).diagonal()
     if norm_of == "truncated":
         m = res_gram.diagonal().clamp_min(0).sqrt()
