@@ -132,11 +132,14 @@ def time_decompositions(ours: bool) -> dict[str, float]:
     for name in DECOMPOSITIONS:
         setattr(torch.linalg, name, timed(getattr(torch.linalg, name)))
     if ours:
-        from fakemerge.merging import lowrank, r2m, svd_methods
+        import fakemerge.merging  # noqa: F401 -- every method module, so each one holding the name is found
+        from fakemerge.merging import lowrank
 
-        truncate = timed(lowrank.truncated_svd)
-        for module in (lowrank, r2m, svd_methods):  # every module that holds the name
-            module.truncated_svd = truncate
+        original, truncate = lowrank.truncated_svd, timed(lowrank.truncated_svd)
+        for module in list(sys.modules.values()):
+            ours_too = getattr(module, "__name__", "").startswith("fakemerge.")
+            if ours_too and getattr(module, "truncated_svd", None) is original:
+                module.truncated_svd = truncate
     return spent
 
 def time_stages() -> dict[str, float]:
